@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes control plane (kube-apiserver, kube-controller-manager,
+# kube-scheduler), etcd and helm from the Go module proxy at pinned releases.
+#
+# k8s.io/kubernetes is not meant to be consumed as a module: its go.mod maps every
+# k8s.io/<staging> module to ./staging/src/..., which a module download does not carry.
+# We build from a scratch module that requires k8s.io/kubernetes and rewrites each of
+# those replace lines to the published v0.X.Y of the staging module. etcd's server
+# module has the same shape (replace lines to sibling modules), so it gets the same
+# treatment. Results are cached outside the repo, keyed by version, so a second run
+# is a no-op.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CACHE="${FTO_CACHE:-$HOME/.cache/finetune-operator}"
+OUT="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+
+if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
+      && -x "$OUT/etcd" && -x "$OUT/helm" ]]; then
+  echo "$OUT"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "go is required (Go toolchain >= 1.26) to build the control plane" >&2; exit 1; }
+export GOFLAGS="-mod=mod"
+export CGO_ENABLED=0
+work="$CACHE/build"
+mkdir -p "$work" "$OUT.tmp"
+
+# scratch_module DIR MODULE VERSION STAGING_PREFIX STAGING_VERSION
+# Writes DIR/go.mod requiring MODULE@VERSION with the module's relative replace lines
+# turned into published versions.
+scratch_module() {
+  local dir="$1" mod="$2" ver="$3"
+  mkdir -p "$dir"
+  (cd "$dir" && rm -f go.mod go.sum && go mod init scratch >/dev/null 2>&1)
+  local gomod
+  gomod="$(cd "$dir" && go mod download -json "$mod@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  {
+    echo "module scratch"
+    grep -E '^go [0-9]' "$gomod" | head -1
+    echo "require $mod $ver"
+    # "	k8s.io/api => ./staging/src/k8s.io/api" -> "replace k8s.io/api => k8s.io/api v0.36.3"
+    python3 - "$gomod" "$ver" <<'PY'
+import re, sys
+gomod, ver = sys.argv[1], sys.argv[2]
+text = open(gomod).read()
+# k8s staging modules are published as v0.<minor>.<patch>; etcd's siblings share its version
+staging_ver = "v0" + ver[2:] if ver.startswith("v1.") else ver
+body = re.findall(r"^replace\s*\((.*?)^\)", text, re.S | re.M)
+lines = [l for b in body for l in b.splitlines()] + re.findall(r"^replace\s+(\S+\s*=>.*)$", text, re.M)
+for line in lines:
+    m = re.match(r"\s*(\S+)\s*=>\s*(\.\S*)\s*$", line)
+    if m:
+        print(f"replace {m.group(1)} => {m.group(1)} {staging_ver}")
+    elif "=>" in line.strip() and not line.strip().startswith("//"):
+        print("replace " + line.strip())
+PY
+  } >"$dir/go.mod.new"
+  mv "$dir/go.mod.new" "$dir/go.mod"
+  (cd "$dir" && go mod download >/dev/null 2>&1 || true)
+}
+
+if [[ ! -x "$OUT/kube-apiserver" || ! -x "$OUT/kube-controller-manager" || ! -x "$OUT/kube-scheduler" ]]; then
+  echo "building Kubernetes $K8S_VERSION control plane (first run only, ~15-25 min on 2 cores)" >&2
+  d="$work/k8s-$K8S_VERSION"
+  scratch_module "$d" k8s.io/kubernetes "$K8S_VERSION"
+  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  vpkg=k8s.io/component-base/version
+  ld="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor \
+      -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z \
+      -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+  (cd "$d" && go mod tidy >/dev/null 2>&1 || true)
+  (cd "$d" && go build -trimpath -ldflags "$ld" -o "$OUT.tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler)
+  mv "$OUT.tmp"/kube-* "$OUT/" 2>/dev/null || { mkdir -p "$OUT"; mv "$OUT.tmp"/kube-* "$OUT/"; }
+fi
+
+mkdir -p "$OUT"
+if [[ ! -x "$OUT/etcd" ]]; then
+  echo "building etcd $ETCD_VERSION" >&2
+  d="$work/etcd-$ETCD_VERSION"
+  scratch_module "$d" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+  (cd "$d" && go build -trimpath -ldflags "-s -w" -o "$OUT.tmp/etcd" go.etcd.io/etcd/server/v3)
+  mv "$OUT.tmp/etcd" "$OUT/etcd"
+fi
+
+if [[ ! -x "$OUT/helm" ]]; then
+  echo "building helm $HELM_VERSION" >&2
+  d="$work/helm-$HELM_VERSION"
+  scratch_module "$d" helm.sh/helm/v3 "$HELM_VERSION"
+  (cd "$d" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+      -o "$OUT.tmp/helm" helm.sh/helm/v3/cmd/helm)
+  mv "$OUT.tmp/helm" "$OUT/helm"
+fi
+rmdir "$OUT.tmp" 2>/dev/null || true
+echo "$OUT"
