@@ -48,7 +48,8 @@ binaries: deps-system
 # --- local environment --------------------------------------------------------------------
 
 .PHONY: cluster-up
-cluster-up: deps-system venv
+cluster-up: deps-system
+	@$(MAKE) --no-print-directory -j2 venv binaries
 	$(PY) -m localcluster up
 
 .PHONY: cluster-down
@@ -71,9 +72,12 @@ lint: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
+# The venv install (network) and the Go builds (CPU) overlap on a cold machine.
 .PHONY: test
-test: deps-system venv lint
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+test: deps-system
+	@$(MAKE) --no-print-directory -j2 venv binaries
+	@$(MAKE) --no-print-directory lint
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
 # --- the main job -------------------------------------------------------------------------
 

@@ -14,12 +14,23 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-# Prometheus module v0.316.0 is Prometheus 3.16.0. Debian's package is built without the
+# Prometheus module v0.3XX.Y is Prometheus 3.XX.Y. Debian's package is built without the
 # Kubernetes service discovery, which the local environment needs, so we build it too.
-PROM_VERSION="${PROM_VERSION:-v0.316.0}"
+PROM_VERSION="${PROM_VERSION:-v0.313.5}"
 CACHE="${FTO_CACHE:-$HOME/.cache/finetune-operator}"
 OUT="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-prom-$PROM_VERSION"
 
+if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
+      && -x "$OUT/etcd" && -x "$OUT/helm" && -x "$OUT/prometheus" && -x "$OUT/promtool" ]]; then
+  echo "$OUT"
+  exit 0
+fi
+
+# One build at a time: a second caller (another shell, a test session) waits and then finds
+# the binaries cached instead of compiling the same thing beside us.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+flock 9
 if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
       && -x "$OUT/etcd" && -x "$OUT/helm" && -x "$OUT/prometheus" && -x "$OUT/promtool" ]]; then
   echo "$OUT"
@@ -45,6 +56,9 @@ scratch_module() {
     echo "module scratch"
     grep -E '^go [0-9]' "$gomod" | head -1
     echo "require $mod $ver"
+    # Pin the module itself: a dependency that requires a newer release would otherwise
+    # pull the build forward through minimal version selection.
+    echo "replace $mod => $mod $ver"
     # "	k8s.io/api => ./staging/src/k8s.io/api" -> "replace k8s.io/api => k8s.io/api v0.36.3"
     python3 - "$gomod" "$ver" <<'PY'
 import re, sys
@@ -106,9 +120,12 @@ if [[ ! -x "$OUT/prometheus" || ! -x "$OUT/promtool" ]]; then
   echo "building prometheus $PROM_VERSION" >&2
   d="$work/prometheus-$PROM_VERSION"
   scratch_module "$d" github.com/prometheus/prometheus "$PROM_VERSION"
-  pv="3.${PROM_VERSION#v0.}"; pv="${pv%.*}.0"
+  IFS=. read -r _ pminor ppatch <<<"$PROM_VERSION"; pv="3.$((pminor - 300)).$ppatch"
   (cd "$d" && go mod tidy >/dev/null 2>&1 || true)
-  (cd "$d" && go build -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$pv" \
+  # Only the Kubernetes service discovery: the other SD plugins (clouds, Consul, ...) are most
+  # of Prometheus' compile time and the local environment has no use for them.
+  (cd "$d" && go build -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+      -ldflags "-s -w -X github.com/prometheus/common/version.Version=$pv" \
       -o "$OUT.tmp/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool)
   mv "$OUT.tmp/prometheus" "$OUT.tmp/promtool" "$OUT/"
 fi

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -23,7 +24,9 @@ from localcluster.paths import (
     LAYOUT,
     NODE_GPUS,
     NODE_NAME,
+    POD_CIDR,
     PORTS,
+    PROM_VERSION,
     REPO_ROOT,
     VENV_BIN,
 )
@@ -34,7 +37,13 @@ ALL = ("prometheus", s3.NAME, NODEAGENT, *controlplane.COMPONENTS)
 
 def build_binaries() -> Path:
     """Build (first run) or find (later runs) the pinned control-plane, etcd and helm binaries."""
-    env = dict(os.environ, K8S_VERSION=K8S_VERSION, ETCD_VERSION=ETCD_VERSION, HELM_VERSION=HELM_VERSION)
+    env = dict(
+        os.environ,
+        K8S_VERSION=K8S_VERSION,
+        ETCD_VERSION=ETCD_VERSION,
+        HELM_VERSION=HELM_VERSION,
+        PROM_VERSION=PROM_VERSION,
+    )
     out = subprocess.run(
         ["bash", str(REPO_ROOT / "localcluster" / "build-binaries.sh")],
         env=env,
@@ -138,10 +147,8 @@ def down() -> None:
         procs.stop(name)
     # Pods the node agent could not stop (it was killed itself) still have pid files.
     for pid_path in LAYOUT.pods.glob("**/*.pid") if LAYOUT.pods.exists() else []:
-        try:
+        with contextlib.suppress(ValueError):
             procs.kill_group(int(pid_path.read_text().strip()), grace=5)
-        except ValueError:
-            pass
         pid_path.unlink(missing_ok=True)
     print("local environment stopped")
 

@@ -18,12 +18,16 @@ VENV_BIN = Path(sys.executable).parent
 
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
+PROM_VERSION = "v0.313.5"
 HELM_VERSION = "v3.22.0"
 
 HOST = "127.0.0.1"
 NODE_NAME = "local-gpu-0"
 NODE_GPUS = 2
-POD_CIDR = "127.1.0.0/16"
+# Each environment gets its own /16 of loopback for pod IPs (127.1/16, or 127.2/16 ... with
+# FTO_ENV_INDEX), so pods of two environments never collide.
+ENV_INDEX = int(os.environ.get("FTO_ENV_INDEX", "0"))
+POD_CIDR = f"127.{1 + ENV_INDEX}.0.0/16"
 SERVICE_CIDR = "10.0.0.0/24"
 
 
@@ -39,10 +43,19 @@ class Ports:
     s3_master: int = 19333  # grpc ports are these + 10000
     s3_volume: int = 18080
     s3_filer: int = 18888
+    s3_admin: int = 18646
     prometheus: int = 19090
 
 
-PORTS = Ports()
+def _ports() -> Ports:
+    """FTO_PORT_OFFSET shifts every port, so a second environment (tests of cluster-up and
+    cluster-down themselves) can run beside the main one."""
+    offset = int(os.environ.get("FTO_PORT_OFFSET", "0"))
+    base = Ports()
+    return Ports(**{k: v + offset for k, v in base.__dict__.items()})
+
+
+PORTS = _ports()
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,12 @@ def _annotation_relabels(kind: str) -> list[dict[str, Any]]:
     a = f"__meta_kubernetes_{kind}_annotation_prometheus_io"
     return [
         {"source_labels": [f"{a}_scrape"], "action": "keep", "regex": "true"},
-        {"source_labels": [f"{a}_path"], "action": "replace", "target_label": "__metrics_path__", "regex": "(.+)"},
+        {
+            "source_labels": [f"{a}_path"],
+            "action": "replace",
+            "target_label": "__metrics_path__",
+            "regex": "(.+)",
+        },
         {
             "source_labels": ["__address__", f"{a}_port"],
             "action": "replace",
@@ -90,7 +95,11 @@ def config(rule_files: list[str] | None = None) -> dict[str, Any]:
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "scrape_timeout": "4s"},
         "rule_files": rule_files or [],
         "scrape_configs": [
-            {"job_name": "kubernetes-pods", "kubernetes_sd_configs": _sd("pod"), "relabel_configs": pod_relabels},
+            {
+                "job_name": "kubernetes-pods",
+                "kubernetes_sd_configs": _sd("pod"),
+                "relabel_configs": pod_relabels,
+            },
             {
                 "job_name": "kubernetes-service-endpoints",
                 "kubernetes_sd_configs": _sd("endpointslice"),

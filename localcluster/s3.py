@@ -82,6 +82,7 @@ def start() -> None:
             f"-s3.config={conf}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            f"-admin.port={PORTS.s3_admin}",
             "-admin.ui=false",
             "-webdav=false",
             "-master.telemetry=false",

@@ -39,8 +39,16 @@ def cluster() -> dict[str, str]:
     """Ensure the local environment is up; put its variables into os.environ."""
     subprocess.run([sys.executable, "-m", "localcluster", "up"], cwd=REPO, check=True)
     env = _load_env_file(REPO / ".dev" / "env")
-    wanted = ("KUBECONFIG", "PATH", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-              "AWS_DEFAULT_REGION", "PROMETHEUS_URL", "FTO_STATE_DIR")
+    wanted = (
+        "KUBECONFIG",
+        "PATH",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "PROMETHEUS_URL",
+        "FTO_STATE_DIR",
+    )
     for key in wanted:
         os.environ[key] = env[key]
     return {k: env[k] for k in wanted}
@@ -52,12 +60,18 @@ def namespace(cluster: dict[str, str]) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     kubectl("create", "namespace", name)
     # Pods need the namespace's default ServiceAccount, which the real controller creates.
-    wait_for(lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-             30, f"default ServiceAccount in {name}")
+    wait_for(
+        lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30,
+        f"default ServiceAccount in {name}",
+    )
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
-    wait_for(lambda: kubectl("get", "namespace", name, check=False).returncode != 0, 120,
-             f"namespace {name} to be deleted")
+    wait_for(
+        lambda: kubectl("get", "namespace", name, check=False).returncode != 0,
+        120,
+        f"namespace {name} to be deleted",
+    )
 
 
 @pytest.fixture(scope="session")

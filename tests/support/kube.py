@@ -17,7 +17,12 @@ def kubectl(
 ) -> subprocess.CompletedProcess[str]:
     """Run kubectl from the local environment's PATH with its KUBECONFIG."""
     proc = subprocess.run(
-        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+        ["kubectl", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
