@@ -86,6 +86,10 @@ def node_ready() -> bool:
     return conds.get("Ready") == "True"
 
 
+def kubelet_healthy() -> bool:
+    return controlplane.component_healthy(PORTS.kubelet)
+
+
 def start_node_agent() -> None:
     procs.start(
         NODEAGENT,
@@ -99,9 +103,12 @@ def start_node_agent() -> None:
             f"--pki-dir={LAYOUT.pki}",
             f"--gpus={NODE_GPUS}",
             f"--port={PORTS.kubelet}",
+            f"--pod-cidr={POD_CIDR}",
         ],
         cwd=REPO_ROOT,
     )
+    # Ready may be left over from a previous agent; the kubelet API answering says this one serves.
+    procs.wait_until(kubelet_healthy, 60, "node agent kubelet API /healthz", [NODEAGENT])
     procs.wait_until(node_ready, 90, f"node {NODE_NAME} Ready", [NODEAGENT])
 
 

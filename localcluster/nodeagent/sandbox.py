@@ -1,0 +1,363 @@
+"""In-namespace launcher and shim for one container instance.
+
+Run as `python -m localcluster.nodeagent.sandbox <spec.json>` in a new session by the agent. It
+enters a private mount namespace, builds the container's view of the filesystem, forks the
+container's process (its own process group) and stays as its parent (like containerd-shim) to
+relay stdout/stderr into a CRI-format log file and record the exit status, so that the
+container outlives an agent restart and its exit code is never lost.
+
+The container's root is a tmpfs whose top-level entries are bind mounts of the host's (so the
+host's tools and the project's venv are all there); a directory that has to receive a new mount
+point (e.g. /run for /var/run/secrets/..., /dev for /dev/termination-log) is "shadowed" the same
+way. Nothing is ever created on the host's filesystem, and everything disappears with the
+namespace when the container's processes are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+CLONE_NEWNS = 0x00020000
+START_ERROR_EXIT = 128
+PARTIAL_LINE_MAX = 16 * 1024
+# Files the shim writes next to its spec.json (the container instance's directory).
+STATE_FILE = "state.json"
+EXIT_FILE = "exit.json"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    rc = _libc.mount(
+        source.encode() if source is not None else None,
+        target.encode(),
+        fstype.encode() if fstype is not None else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data is not None else None,
+    )
+    _check(rc, f"mount {source} -> {target}")
+
+
+def umount_detach(target: str) -> None:
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
+def write_text(dir_fd: int, name: str, text: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def now_rfc3339() -> str:
+    ns = time.time_ns()
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+def write_json(dir_fd: int, name: str, data: dict[str, Any]) -> None:
+    """Write atomically relative to a directory opened before the root was switched (and maybe
+    made read-only): the shim's own files live on the host, outside the container's view."""
+    tmp = f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+class RootBuilder:
+    """Builds the container's filesystem view inside a private mount namespace."""
+
+    def __init__(self, staging: str) -> None:
+        self.staging = staging
+        # (path, ours): a path inside one of our tmpfs/volumes may get new entries; a host path
+        # (a bind of the host's tree) must be shadowed first.
+        self.mounts: list[tuple[str, bool]] = []
+        self.ro_candidates: list[str] = []
+        self._shadow_stages: list[str] = []
+
+    def enter(self) -> None:
+        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        newroot = self.staging
+        mount("tmpfs", newroot, "tmpfs", 0, "mode=755")
+        self._replicate("/", newroot, "/")
+        # The bind of the host tree holds a copy of the new root itself; drop it.
+        copy = newroot + self.staging
+        if os.path.isdir(copy):
+            umount_detach(copy)
+        os.chroot(newroot)
+        os.chdir("/")
+        self.mounts.append(("/", True))
+        self.ro_candidates.insert(0, "/")
+
+    def _replicate(self, src_dir: str, dst_dir: str, view_dir: str) -> None:
+        """Make each entry of src_dir appear in dst_dir (seen as view_dir in the container)."""
+        for name in sorted(os.listdir(src_dir)):
+            src = os.path.join(src_dir, name)
+            dst = os.path.join(dst_dir, name)
+            try:
+                st = os.lstat(src)
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(src), dst)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(dst, 0o755)
+                    mount(src, dst, None, MS_BIND | MS_REC)
+                else:
+                    os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
+                    mount(src, dst, None, MS_BIND)
+            except OSError as exc:
+                print(f"sandbox: skipping {src}: {exc}", file=sys.stderr)
+                continue
+            view = os.path.join(view_dir, name)
+            self.mounts.append((view, False))
+            self.ro_candidates.append(view)
+
+    def is_ours(self, path: str) -> bool:
+        best, ours = "", False
+        for mp, o in self.mounts:
+            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+                best, ours = mp, o
+        return ours
+
+    def shadow(self, directory: str) -> None:
+        """Replace a host directory by a tmpfs showing the same entries, so it can get new ones."""
+        stage = f"/.nodeagent-shadow-{len(self._shadow_stages)}"
+        os.mkdir(stage, 0o700)
+        self._shadow_stages.append(stage)
+        mount(directory, stage, None, MS_BIND | MS_REC)
+        mode = os.stat(stage).st_mode & 0o7777
+        mount("tmpfs", directory, "tmpfs", 0, f"mode={mode:o}")
+        self.mounts.append((directory, True))
+        self.ro_candidates.append(directory)
+        self._replicate(stage, directory, directory)
+
+    def ensure_dir(self, path: str) -> str:
+        """Create a directory (and its parents) in the container's view; returns its real path."""
+        real = os.path.realpath(path)
+        missing: list[str] = []
+        cur = real
+        while not os.path.lexists(cur):
+            missing.append(os.path.basename(cur))
+            cur = os.path.dirname(cur)
+        if not missing:
+            return real
+        if not self.is_ours(cur):
+            self.shadow(cur)
+        os.makedirs(real, exist_ok=True)
+        return real
+
+    def ensure_file(self, path: str) -> str:
+        real = os.path.realpath(path)
+        parent = self.ensure_dir(os.path.dirname(real))
+        if not os.path.lexists(real):
+            if not self.is_ours(parent):
+                self.shadow(parent)
+            os.close(os.open(real, os.O_CREAT | os.O_WRONLY, 0o644))
+        return real
+
+    def bind(self, source: str, target: str, read_only: bool) -> None:
+        if os.path.isdir(source):
+            real = self.ensure_dir(target)
+            mount(source, real, None, MS_BIND | MS_REC)
+        else:
+            real = self.ensure_file(target)
+            mount(source, real, None, MS_BIND)
+        if read_only:
+            mount(None, real, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        self.mounts.append((real, True))
+
+    def finish(self, read_only_root: bool) -> None:
+        for stage in self._shadow_stages:
+            umount_detach(stage)
+            os.rmdir(stage)
+        if read_only_root:
+            for path in self.ro_candidates:
+                if os.path.islink(path):
+                    continue
+                mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def setup(spec: dict[str, Any]) -> None:
+    builder = RootBuilder(spec["staging"])
+    builder.enter()
+    for m in sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts)):
+        if m.get("createSource") and not os.path.exists(m["source"]):
+            os.makedirs(m["source"], exist_ok=True)
+        builder.bind(m["source"], m["target"], bool(m.get("readOnly")))
+    builder.ensure_dir(spec.get("workingDir") or "/")
+    builder.finish(bool(spec.get("readOnlyRoot")))
+
+
+class LogWriter:
+    """Writes CRI log lines: `<RFC3339Nano> <stream> <F|P> <content>`."""
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the shim
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def _line(self, stream: str, tag: str, content: bytes) -> None:
+        self.f.write(f"{now_rfc3339()} {stream} {tag} ".encode() + content + b"\n")
+
+    def feed(self, stream: str, data: bytes) -> None:
+        buf = self.partial[stream] + data
+        *lines, rest = buf.split(b"\n")
+        for line in lines:
+            self._line(stream, "F", line)
+        while len(rest) > PARTIAL_LINE_MAX:
+            self._line(stream, "P", rest[:PARTIAL_LINE_MAX])
+            rest = rest[PARTIAL_LINE_MAX:]
+        self.partial[stream] = rest
+
+    def close(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self._line(stream, "F", rest)
+        self.f.close()
+
+
+def _exec_child(spec: dict[str, Any], out_w: int, err_w: int, status_w: int) -> None:
+    try:
+        os.setpgid(0, 0)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.chdir(spec.get("workingDir") or "/")
+        argv = spec["argv"]
+        os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 - exec'ing the container is the point
+    except BaseException as exc:
+        try:
+            msg = f"failed to start container process: {exc}"
+            if isinstance(exc, FileNotFoundError):
+                msg = f'exec: "{spec["argv"][0]}": executable file not found in $PATH'
+            os.write(status_w, msg.encode()[:4000])
+        finally:
+            os._exit(127)
+
+
+def _start_error(dir_fd: int, log: LogWriter, message: str) -> int:
+    log.feed("stderr", message.encode() + b"\n")
+    log.close()
+    now = now_rfc3339()
+    write_json(
+        dir_fd,
+        EXIT_FILE,
+        {"exitCode": START_ERROR_EXIT, "reason": "StartError", "message": message, "finishedAt": now},
+    )
+    return START_ERROR_EXIT
+
+
+def run(spec_path: str) -> int:
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    log = LogWriter(spec["log"])
+    dir_fd = os.open(os.path.dirname(os.path.abspath(spec_path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        setup(spec)
+    except OSError as exc:
+        return _start_error(dir_fd, log, f"failed to set up container filesystem: {exc}")
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    started = now_rfc3339()
+    pid = os.fork()
+    if pid == 0:
+        os.close(out_r)
+        os.close(err_r)
+        os.close(status_r)
+        _exec_child(spec, out_w, err_w, status_w)
+    for fd in (out_w, err_w, status_w):
+        os.close(fd)
+    failure = b""
+    while chunk := os.read(status_r, 4096):
+        failure += chunk
+    os.close(status_r)
+    if failure:
+        os.waitpid(pid, 0)
+        for fd in (out_r, err_r):
+            os.close(fd)
+        return _start_error(dir_fd, log, failure.decode(errors="replace"))
+    write_json(dir_fd, STATE_FILE, {"pid": pid, "startedAt": started})
+    # `localcluster down` kills process groups named by *.pid files under the state dir.
+    write_text(dir_fd, "container.pid", f"{pid}\n")
+
+    streams = {out_r: "stdout", err_r: "stderr"}
+    status: int | None = None
+    drain_deadline = 0.0
+    while streams:
+        ready, _, _ = select.select(list(streams), [], [], 0.5)
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if data:
+                log.feed(streams[fd], data)
+            else:
+                os.close(fd)
+                del streams[fd]
+        if status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                # A container ends with its main process: whatever it left behind goes too.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                drain_deadline = time.monotonic() + 2.0
+        elif time.monotonic() > drain_deadline:
+            break
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    finished = now_rfc3339()
+    log.close()
+    code = os.waitstatus_to_exitcode(status)
+    result: dict[str, Any] = {"finishedAt": finished, "startedAt": started}
+    if code < 0:
+        result["exitCode"] = 128 - code
+        result["signal"] = -code
+    else:
+        result["exitCode"] = code
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink("container.pid", dir_fd=dir_fd)
+    write_json(dir_fd, EXIT_FILE, result)
+    return 0
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        print("usage: python -m localcluster.nodeagent.sandbox <spec.json>", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from localcluster.nodeagent.images import resolve_image
+from localcluster.nodeagent.podspec import (
+    ConfigError,
+    Mount,
+    Objects,
+    PodContext,
+    build_launch_plan,
+    container_argv,
+    container_env,
+    expand,
+    field_ref_value,
+    mount_plan,
+    parse_quantity,
+    referenced_objects,
+)
+
+VENV = "/repo/.venv/bin"
+
+
+def make_pod(container: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u-1",
+            "labels": {"app": "web", "tier": "a b"},
+            "annotations": {"note": 'say "hi"'},
+        },
+        "spec": {"nodeName": "local-gpu-0", "serviceAccountName": "sa", "containers": [container], **spec},
+    }
+
+
+def ctx_for(pod: dict[str, Any]) -> PodContext:
+    return PodContext(
+        pod=pod,
+        pod_ip="127.1.0.7",
+        host_ip="127.0.0.1",
+        api_host="127.0.0.1",
+        api_port=16443,
+        node_allocatable={"cpu": "16", "memory": "64Gi"},
+    )
+
+
+VARS = {"A": "1", "B": "two"}
+
+
+@pytest.mark.parametrize(
+    ("text", "out"),
+    [
+        ("$(A)", "1"),
+        ("x$(A)y$(B)z", "x1ytwoz"),
+        ("$(MISSING)", "$(MISSING)"),
+        ("$$(A)", "$(A)"),
+        ("$$", "$"),
+        ("$A", "$A"),
+        ("$(A", "$(A"),
+        ("tail$", "tail$"),
+        ("", ""),
+        ("$$$(A)", "$1"),
+    ],
+)
+def test_expand_follows_kubernetes_rules(text: str, out: str) -> None:
+    assert expand(text, VARS.get) == out
+
+
+def test_parse_quantity() -> None:
+    assert parse_quantity("64Gi") == 64 * 1024**3
+    assert parse_quantity("500m") * 1000 == 500
+    assert parse_quantity("2") == 2
+    assert parse_quantity("1e3") == 1000
+    with pytest.raises(ValueError, match="invalid quantity"):
+        parse_quantity("lots")
+
+
+def test_field_refs() -> None:
+    ctx = ctx_for(make_pod({"name": "c"}))
+    assert field_ref_value(ctx, "metadata.name") == "p"
+    assert field_ref_value(ctx, "metadata.namespace") == "ns"
+    assert field_ref_value(ctx, "metadata.uid") == "u-1"
+    assert field_ref_value(ctx, "spec.nodeName") == "local-gpu-0"
+    assert field_ref_value(ctx, "spec.serviceAccountName") == "sa"
+    assert field_ref_value(ctx, "status.podIP") == "127.1.0.7"
+    assert field_ref_value(ctx, "status.hostIP") == "127.0.0.1"
+    assert field_ref_value(ctx, "metadata.labels['app']") == "web"
+    assert field_ref_value(ctx, 'metadata.labels["tier"]') == "a b"
+    assert field_ref_value(ctx, "metadata.labels['absent']") == ""
+    assert field_ref_value(ctx, "metadata.labels") == 'app="web"\ntier="a b"'
+    assert field_ref_value(ctx, "metadata.annotations") == 'note="say \\"hi\\""'
+    with pytest.raises(ConfigError):
+        field_ref_value(ctx, "spec.bogus")
+
+
+def test_env_precedence_value_from_and_expansion() -> None:
+    container = {
+        "name": "c",
+        "envFrom": [
+            {"configMapRef": {"name": "cm"}},
+            {"prefix": "S_", "secretRef": {"name": "sec"}},
+            {"configMapRef": {"name": "absent", "optional": True}},
+        ],
+        "env": [
+            {"name": "MODE", "value": "override"},
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "greeting"}}},
+            {
+                "name": "OPT",
+                "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "nope", "optional": True}},
+            },
+            {"name": "OPT2", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "x", "optional": True}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "URL", "value": "http://$(IP):$(PORT)/$(MODE)$(UNDEFINED)"},
+            {"name": "API", "value": "$(KUBERNETES_SERVICE_HOST)"},
+            {
+                "name": "MEM",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
+            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+        ],
+        "resources": {"requests": {"cpu": "250m"}},
+    }
+    objects = Objects(
+        secrets={"sec": {"password": b"hunter2"}, "gone": None},
+        config_maps={"cm": {"MODE": b"cm", "PORT": b"8080", "greeting": b"hello", "bad=key": b"x"}},
+    )
+    env = container_env(ctx_for(make_pod(container)), container, objects)
+    assert env["MODE"] == "override"
+    assert env["PORT"] == "8080"
+    assert env["S_password"] == "hunter2"
+    assert env["PW"] == "hunter2"
+    assert env["GREETING"] == "hello"
+    assert "OPT" not in env
+    assert "OPT2" not in env
+    assert "bad=key" not in env
+    assert env["URL"] == "http://127.1.0.7:8080/override$(UNDEFINED)"
+    assert env["API"] == "127.0.0.1"
+    assert env["MEM"] == str(64 * 1024)  # unset limit reads as node allocatable
+    assert env["CPU"] == "250"
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        {"secretKeyRef": {"name": "absent", "key": "x"}},
+        {"secretKeyRef": {"name": "sec", "key": "absent"}},
+        {"configMapKeyRef": {"name": "absent", "key": "x"}},
+    ],
+)
+def test_missing_required_references_are_config_errors(ref: dict[str, Any]) -> None:
+    container = {"name": "c", "env": [{"name": "X", "valueFrom": ref}]}
+    objects = Objects(secrets={"sec": {"k": b"v"}, "absent": None}, config_maps={"absent": None})
+    with pytest.raises(ConfigError, match=r"not found|couldn't find key"):
+        container_env(ctx_for(make_pod(container)), container, objects)
+
+
+def test_missing_env_from_source_is_a_config_error_unless_optional() -> None:
+    container = {"name": "c", "envFrom": [{"secretRef": {"name": "absent"}}]}
+    with pytest.raises(ConfigError):
+        container_env(ctx_for(make_pod(container)), container, Objects(secrets={"absent": None}))
+
+
+BUSYBOX = resolve_image("busybox", VENV)
+TRAINER = resolve_image("finetune-operator/trainer:dev", VENV)
+
+
+@pytest.mark.parametrize(
+    ("image", "command", "args", "argv"),
+    [
+        (BUSYBOX, None, None, ["sh"]),
+        (BUSYBOX, ["sh", "-c", "echo $(X)"], None, ["sh", "-c", "echo x"]),
+        (BUSYBOX, None, ["-c", "true"], ["-c", "true"]),
+        (TRAINER, None, None, [f"{VENV}/python", "-m", "finetune_trainer"]),
+        (
+            TRAINER,
+            None,
+            ["train", "--config", "$(CFG)"],
+            [f"{VENV}/python", "-m", "finetune_trainer", "train", "--config", "/c.json"],
+        ),
+        (TRAINER, ["python", "-c", "pass"], ["a"], ["python", "-c", "pass", "a"]),
+        (TRAINER, [], [], [f"{VENV}/python", "-m", "finetune_trainer"]),
+    ],
+)
+def test_command_replaces_entrypoint_and_args_replace_cmd(
+    image: Any, command: list[str] | None, args: list[str] | None, argv: list[str]
+) -> None:
+    container: dict[str, Any] = {"name": "c"}
+    if command is not None:
+        container["command"] = command
+    if args is not None:
+        container["args"] = args
+    assert container_argv(image, container, {"X": "x", "CFG": "/c.json"}) == argv
+
+
+def test_referenced_objects_cover_env_env_from_and_volumes() -> None:
+    container = {
+        "name": "c",
+        "envFrom": [{"secretRef": {"name": "s1"}}, {"configMapRef": {"name": "c1"}}],
+        "env": [
+            {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s2", "key": "k"}}},
+            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "c2", "key": "k"}}},
+        ],
+    }
+    pod = make_pod(
+        container,
+        initContainers=[{"name": "i", "envFrom": [{"secretRef": {"name": "s3"}}]}],
+        volumes=[
+            {"name": "v1", "secret": {"secretName": "s4"}},
+            {"name": "v2", "configMap": {"name": "c3"}},
+            {"name": "v3", "projected": {"sources": [{"configMap": {"name": "kube-root-ca.crt"}}]}},
+        ],
+    )
+    refs = referenced_objects(pod)
+    assert refs.secrets == {"s1", "s2", "s3", "s4"}
+    assert refs.config_maps == {"c1", "c2", "c3", "kube-root-ca.crt"}
+
+
+def test_mount_plan_sub_paths_read_only_and_termination_log() -> None:
+    container = {
+        "name": "c",
+        "terminationMessagePath": "/tmp/msg",
+        "env": [{"name": "SUB", "value": "dir"}],
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "cfg", "mountPath": "/etc/finetune"},
+            {"name": "cfg", "mountPath": "/etc/one.json", "subPath": "config.json"},
+            {"name": "scratch", "mountPath": "/data", "subPathExpr": "$(SUB)", "readOnly": True},
+            {"name": "host", "mountPath": "/host"},
+        ],
+    }
+    pod = make_pod(
+        container,
+        volumes=[
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "cfg", "configMap": {"name": "cm"}},
+            {"name": "host", "hostPath": {"path": "/srv/data"}},
+        ],
+    )
+    mounts = mount_plan(ctx_for(pod), "/sb", container, {"SUB": "dir"}, "/sb/term")
+    assert mounts == [
+        Mount("/sb/volumes/scratch", "/scratch"),
+        Mount("/sb/volumes/cfg", "/etc/finetune", read_only=True),
+        Mount("/sb/volumes/cfg/config.json", "/etc/one.json", read_only=True, create_source=True),
+        Mount("/sb/volumes/scratch/dir", "/data", read_only=True, create_source=True),
+        Mount("/srv/data", "/host"),
+        Mount("/sb/term", "/tmp/msg", is_file=True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mount", "volumes", "match"),
+    [
+        ({"name": "x", "mountPath": "/x"}, [], "no volume"),
+        (
+            {"name": "v", "mountPath": "/x", "subPath": "../escape"},
+            [{"name": "v", "emptyDir": {}}],
+            "subPath",
+        ),
+        (
+            {"name": "v", "mountPath": "/x"},
+            [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}],
+            "unsupported",
+        ),
+    ],
+)
+def test_bad_mounts_are_config_errors(mount: dict[str, Any], volumes: list[Any], match: str) -> None:
+    container = {"name": "c", "volumeMounts": [mount]}
+    with pytest.raises(ConfigError, match=match):
+        mount_plan(ctx_for(make_pod(container, volumes=volumes)), "/sb", container, {}, "/sb/t")
+
+
+def test_launch_plan_puts_it_together() -> None:
+    container = {
+        "name": "c",
+        "image": "finetune-operator/operator:dev",
+        "command": ["python", "-c", "print('$(GREETING)')"],
+        "env": [{"name": "GREETING", "value": "hi"}],
+        "workingDir": "/work",
+        "securityContext": {"readOnlyRootFilesystem": True},
+    }
+    pod = make_pod(container)
+    image = resolve_image("finetune-operator/operator:dev", VENV)
+    plan = build_launch_plan(ctx_for(pod), container, image, Objects(), "/sb", "/sb/t")
+    assert plan.argv == ["python", "-c", "print('hi')"]
+    assert plan.env["PATH"].startswith(f"{VENV}:")
+    assert plan.env["HOSTNAME"] == "p"
+    assert plan.env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
+    assert plan.env["KUBERNETES_SERVICE_PORT"] == "16443"
+    assert plan.env["GREETING"] == "hi"
+    assert plan.env["PYTHONUNBUFFERED"] == "1"
+    assert plan.working_dir == "/work"
+    assert plan.read_only_root is True
+    assert plan.termination_message_path == "/dev/termination-log"
