@@ -97,11 +97,16 @@ def config(rule_files: list[str] | None = None) -> dict[str, Any]:
         "scrape_configs": [
             {
                 "job_name": "kubernetes-pods",
+                # A scraped series' own `namespace` label wins over the target's (the operator exports series
+                # about jobs in other namespaces), as in the common kubernetes-pods job and with the
+                # Prometheus Operator's honorLabels.
+                "honor_labels": True,
                 "kubernetes_sd_configs": _sd("pod"),
                 "relabel_configs": pod_relabels,
             },
             {
                 "job_name": "kubernetes-service-endpoints",
+                "honor_labels": True,
                 "kubernetes_sd_configs": _sd("endpointslice"),
                 "relabel_configs": svc_relabels,
             },
