@@ -79,8 +79,18 @@ test: deps-system
 	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
+# --- the operator, installed with its Helm chart --------------------------------------------
+
+include helm/install.mk
+
 # --- the main job -------------------------------------------------------------------------
 
 .PHONY: demo
-demo: cluster-up
-	$(PY) -m localcluster status
+demo: install
+	$(PY) -m localcluster.demo
+
+# --- benchmarks ---------------------------------------------------------------------------
+
+.PHONY: bench-operator
+bench-operator: cluster-up
+	$(PY) bench/operator_bench.py --jobs 200
