@@ -1,0 +1,304 @@
+"""A stand-in trainer for integration tests: `python -m localcluster.trainer_stub {validate|train} --config PATH`.
+
+The node agent runs it for the image `finetune-operator/trainer-stub`. It follows the trainer
+contract of docs/architecture.md — same config (finetune_trainer.config.TrainerConfig), same env, exit
+codes, termination message, /metrics names and S3 layout — but "trains" by counting, so operator tests
+take seconds. It is test tooling, not product.
+
+validate  reads dataset.train from S3 and checks every line is a JSON object with `messages`,
+          `prompt` + `completion`, or `text`. A bad line: reports/validation.json, a termination message
+          naming the line, exit 42. A missing object or denied access: exit 42 with that reason.
+          Passing: exit 0 with {"result": "Validated", "rows": N, "tokens": T} (T ~ characters / 4).
+train     serves /metrics on $POD_IP:$METRICS_PORT, advances one step every `stepSeconds`, writes
+          `<output>/checkpoints/step-N/COMPLETE` every checkpointing.everySteps, resumes from the last
+          complete checkpoint, on SIGTERM writes a checkpoint and exits 76, and at the end writes
+          adapter/adapter_model.safetensors, reports/result.json and a summary, exit 0.
+          Total steps: ceil(rows x epochs / batchSize), capped at 40, unless `totalSteps` is given.
+
+Fault injection, explicit and only through the dataset: a first line
+
+    {"_stub": {"failAttempts": 2, "exitCode": 75, "failAtStep": 2, "stepSeconds": 0.2, "totalSteps": 10}}
+
+makes attempts 1..failAttempts (env FINETUNE_ATTEMPT) exit with `exitCode` once they have done
+`failAtStep` steps (exit code 137 is a real SIGKILL of itself, like the OOM killer). All keys are
+optional; the line is not a dataset row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from finetune_trainer.config import TrainerConfig, load_config
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+EXIT_OK, EXIT_INVALID, EXIT_TRANSIENT, EXIT_PREEMPTED = 0, 42, 75, 76
+MAX_STEPS = 40
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled"}
+_MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+
+
+class StubError(Exception):
+    def __init__(self, exit_code: int, reason: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.exit_code, self.reason, self.extra = exit_code, reason, extra
+
+
+def terminate(summary: dict[str, Any]) -> None:
+    text = json.dumps(summary, separators=(",", ":"))[:4000]
+    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
+    try:
+        Path(path).write_text(text)
+    except OSError as err:
+        print(f"cannot write termination message: {err}", file=sys.stderr)
+
+
+class Store:
+    def __init__(self, cfg: TrainerConfig) -> None:
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=cfg.storage.endpoint or os.environ.get("AWS_ENDPOINT_URL") or None,
+            region_name=cfg.storage.region or os.environ.get("AWS_DEFAULT_REGION"),
+        )
+        self.prefix = cfg.output_prefix
+
+    @staticmethod
+    def split(uri: str) -> tuple[str, str]:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return bucket, key
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except botocore.exceptions.ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code in _DENIED:
+                raise StubError(EXIT_INVALID, "AccessDenied", f"{what}: AccessDenied ({code})") from err
+            if code in _MISSING:
+                raise StubError(EXIT_INVALID, "InvalidDataset", f"{what}: not found ({code})") from err
+            raise StubError(EXIT_TRANSIENT, "TransientIO", f"{what}: {code}") from err
+        except botocore.exceptions.BotoCoreError as err:
+            raise StubError(EXIT_TRANSIENT, "TransientIO", f"{what}: {err}") from err
+
+    def get(self, uri: str) -> bytes:
+        bucket, key = self.split(uri)
+        body = self._call(f"reading {uri}", lambda: self.client.get_object(Bucket=bucket, Key=key))
+        return bytes(body["Body"].read())
+
+    def put(self, rel: str, data: bytes) -> str:
+        bucket, key = self.split(self.prefix + rel)
+        self._call(
+            f"writing {self.prefix}{rel}", lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data)
+        )
+        return self.prefix + rel
+
+    def keys(self, rel: str) -> list[str]:
+        bucket, key = self.split(self.prefix + rel)
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        out: list[str] = []
+        try:
+            for page in pages:
+                out += [str(o["Key"]) for o in page.get("Contents", [])]
+        except botocore.exceptions.ClientError as err:
+            raise StubError(EXIT_TRANSIENT, "TransientIO", f"listing {self.prefix}{rel}: {err}") from err
+        return out
+
+
+def _row_problem(row: object) -> str | None:
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if isinstance(row.get("messages"), list) and row["messages"]:
+        return None
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        return None
+    if isinstance(row.get("text"), str):
+        return None
+    return "needs `messages`, `prompt` + `completion`, or `text`"
+
+
+def read_dataset(cfg: TrainerConfig, store: Store) -> tuple[dict[str, Any], int, int]:
+    """(stub directives, rows, approximate tokens); StubError(42) naming the first bad line."""
+    text = store.get(cfg.dataset.train).decode("utf-8", errors="replace")
+    directives: dict[str, Any] = {}
+    rows = tokens = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problem: str | None = f"not valid JSON ({err.msg})"
+        else:
+            if number == 1 and isinstance(row, dict) and isinstance(row.get("_stub"), dict):
+                directives = row["_stub"]
+                continue
+            problem = _row_problem(row)
+        if problem:
+            message = f"invalid input: train:{number}: {problem}"
+            report = {
+                "valid": False,
+                "errorCount": 1,
+                "errors": [{"file": "train", "line": number, "message": problem}],
+            }
+            store.put("reports/validation.json", json.dumps(report).encode())
+            raise StubError(EXIT_INVALID, "InvalidDataset", message, line=number)
+        rows += 1
+        tokens += max(1, len(line) // 4)
+    if rows == 0:
+        raise StubError(
+            EXIT_INVALID, "InvalidDataset", f"invalid input: train: {cfg.dataset.train} has no rows"
+        )
+    return directives, rows, tokens
+
+
+def validate(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
+    _, rows, tokens = read_dataset(cfg, store)
+    store.put("reports/validation.json", json.dumps({"valid": True, "rows": rows, "tokens": tokens}).encode())
+    return {"result": "Validated", "message": f"dataset valid: {rows} rows", "rows": rows, "tokens": tokens}
+
+
+class Preempted:
+    def __init__(self) -> None:
+        self.flag = False
+        signal.signal(signal.SIGTERM, self._on)
+
+    def _on(self, *_: object) -> None:
+        self.flag = True
+
+
+def last_checkpoint(store: Store) -> int:
+    steps = []
+    for key in store.keys("checkpoints/"):
+        parts = key.split("/")
+        if parts[-1] == "COMPLETE" and parts[-2].startswith("step-") and parts[-2][5:].isdigit():
+            steps.append(int(parts[-2][5:]))
+    return max(steps, default=0)
+
+
+def checkpoint(store: Store, step: int) -> None:
+    store.put(f"checkpoints/step-{step}/state.json", json.dumps({"step": step}).encode())
+    store.put(f"checkpoints/step-{step}/COMPLETE", b"")
+
+
+def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
+    stop = Preempted()
+    registry = CollectorRegistry()
+    gauges = {
+        name: Gauge(f"finetune_trainer_{name}", name, registry=registry)
+        for name in (
+            "step",
+            "total_steps",
+            "epoch",
+            "train_loss",
+            "eval_loss",
+            "tokens_per_second",
+            "samples_total",
+            "tokens_total",
+        )
+    }
+    host, port = os.environ.get("POD_IP", "127.0.0.1"), int(os.environ.get("METRICS_PORT", "9400"))
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    try:
+        directives, rows, tokens = read_dataset(cfg, store)
+        hp = cfg.hyperparameters
+        total = int(
+            directives.get("totalSteps") or min(MAX_STEPS, math.ceil(rows * hp.epochs / hp.batch_size))
+        )
+        step_seconds = float(directives.get("stepSeconds", 0.2))
+        attempt = int(os.environ.get("FINETUNE_ATTEMPT", "1") or 1)
+        failing = attempt <= int(directives.get("failAttempts", 0))
+        fail_after = int(directives.get("failAtStep", 2))
+        start = step = last_checkpoint(store)
+        gauges["total_steps"].set(total)
+        gauges["eval_loss"].set(float("nan"))  # no evaluation yet
+        tokens_per_step = tokens * hp.epochs / max(total, 1)
+        while step < total:
+            if stop.flag:
+                checkpoint(store, step)
+                raise StubError(
+                    EXIT_PREEMPTED, "Preempted", f"SIGTERM at step {step}; checkpoint saved", step=step
+                )
+            if failing and step - start >= fail_after:
+                code = int(directives.get("exitCode", EXIT_TRANSIENT))
+                message = f"stub: injected failure (exit {code}) at step {step} of attempt {attempt}"
+                terminate({"result": "Failed", "reason": "Injected", "exitCode": code, "message": message})
+                if code == 137:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise StubError(code, "Injected", message, step=step)
+            time.sleep(step_seconds)
+            step += 1
+            loss = 2.5 * math.exp(-3 * step / total) + 0.3
+            gauges["step"].set(step)
+            gauges["epoch"].set(hp.epochs * step / total)
+            gauges["train_loss"].set(loss)
+            gauges["tokens_per_second"].set(tokens_per_step / step_seconds if step_seconds else 0)
+            gauges["samples_total"].set(step * hp.batch_size)
+            gauges["tokens_total"].set(step * tokens_per_step)
+            if step % cfg.checkpointing.every_steps == 0 and step < total:
+                checkpoint(store, step)
+                gauges["eval_loss"].set(loss + 0.05)
+        weights = hashlib.sha256(f"{cfg.job.namespace}/{cfg.job.name}".encode()).digest()
+        adapter = store.put("adapter/adapter_model.safetensors", weights)
+        store.put("adapter/adapter_config.json", json.dumps({"peft_type": "LORA", "stub": True}).encode())
+        summary = {
+            "result": "Succeeded",
+            "step": step,
+            "totalSteps": total,
+            "epoch": float(hp.epochs),
+            "trainLoss": round(2.5 * math.exp(-3) + 0.3, 4),
+            "resumedFromStep": start,
+            "adapterURI": adapter.rsplit("/", 1)[0] + "/",
+            "sha256": hashlib.sha256(weights).hexdigest(),
+            "reportURI": store.prefix + "reports/result.json",
+        }
+        store.put("reports/result.json", json.dumps(summary).encode())
+        return summary
+    finally:
+        server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainer_stub", description=__doc__)
+    parser.add_argument("mode", choices=["validate", "train"])
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except (OSError, ValueError) as err:
+        terminate(
+            {"result": "Failed", "reason": "InvalidConfig", "exitCode": EXIT_INVALID, "message": str(err)}
+        )
+        return EXIT_INVALID
+    try:
+        store = Store(cfg)
+        summary = validate(cfg, store) if args.mode == "validate" else train(cfg, store)
+    except StubError as err:
+        result = "Preempted" if err.exit_code == EXIT_PREEMPTED else "Failed"
+        terminate(
+            {
+                "result": result,
+                "reason": err.reason,
+                "exitCode": err.exit_code,
+                "message": str(err),
+                **err.extra,
+            }
+        )
+        print(f"{err.reason}: {err}", file=sys.stderr)
+        return err.exit_code
+    terminate(summary)
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

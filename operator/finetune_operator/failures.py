@@ -1,0 +1,196 @@
+"""Why a pod or a trainer Job failed (or cannot start), as a reason a user can act on (pure).
+
+The trainer's exit codes are the contract (docs/architecture.md): 42 invalid input (permanent),
+75 transient I/O, 76 preempted (checkpoint saved; does not use the retry budget); anything else,
+OOM kills included, is retried within the budget. The termination message is the trainer's JSON
+summary; its `message` names the file and line for a bad dataset row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .api import Reason
+from .manifests import CONTAINER_NAME, EXIT_INVALID_INPUT, EXIT_PREEMPTED, EXIT_TRANSIENT
+
+JSON = dict[str, Any]
+
+# A permanent input problem the message does not narrow down (not one of the Reason constants).
+INVALID_INPUT: Final = "InvalidInput"
+EXIT_SIGKILL: Final = 137
+_SPECIFIC_INPUT_REASONS: Final = {
+    Reason.INVALID_DATASET,
+    Reason.INVALID_MODEL,
+    Reason.INVALID_OUTPUT,
+    Reason.ACCESS_DENIED,
+    Reason.INVALID_SPEC,
+    Reason.SECRET_NOT_FOUND,
+}
+_ACCESS_DENIED: Final = re.compile(
+    r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|\b403\b|Forbidden|access denied", re.IGNORECASE
+)
+_DATASET: Final = re.compile(r"\b(train|validation|eval):\d+|dataset|jsonl|\bline \d+", re.IGNORECASE)
+_MODEL: Final = re.compile(r"baseModel|base model|\bmodel\b", re.IGNORECASE)
+_OUTPUT: Final = re.compile(r"output", re.IGNORECASE)
+_IMAGE_PULL: Final = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG_ERRORS: Final = {"CreateContainerConfigError", "CreateContainerError"}
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    message: str
+    exit_code: int | None = None
+    # Never retried: the input must change.
+    permanent: bool = False
+    # Uses one unit of spec.retries.limit (a preemption does not).
+    counts: bool = True
+
+
+def _container_status(pod: JSON) -> JSON | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == CONTAINER_NAME:
+            return dict(cs)
+    return dict(statuses[0]) if statuses else None
+
+
+def terminated_state(pod: JSON) -> JSON | None:
+    cs = _container_status(pod)
+    if cs is None:
+        return None
+    return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+
+
+def termination_summary(pod: JSON) -> JSON:
+    """The trainer's JSON summary from the termination message ({"message": text} if not JSON)."""
+    term = terminated_state(pod) or {}
+    text = str(term.get("message") or "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"message": text[-2000:]}
+    return value if isinstance(value, dict) else {"message": text[-2000:]}
+
+
+def _summary_message(summary: JSON, fallback: str) -> str:
+    message = str(summary.get("message") or fallback)
+    line = summary.get("line")
+    if isinstance(line, int) and f"line {line}" not in message and f":{line}" not in message:
+        message = f"{message} (line {line})"
+    return message
+
+
+def _input_reason(summary: JSON, message: str) -> str:
+    given = str(summary.get("reason") or "")
+    if given in _SPECIFIC_INPUT_REASONS:
+        return given
+    if _ACCESS_DENIED.search(message):
+        return Reason.ACCESS_DENIED
+    if _DATASET.search(message):
+        return Reason.INVALID_DATASET
+    if _OUTPUT.search(message):
+        return Reason.INVALID_OUTPUT
+    if _MODEL.search(message):
+        return Reason.INVALID_MODEL
+    return INVALID_INPUT
+
+
+def classify_exit(exit_code: int, summary: JSON, term_reason: str = "") -> Failure:
+    """A terminated trainer container with a non-zero exit code."""
+    if exit_code == EXIT_INVALID_INPUT:
+        message = _summary_message(summary, "the trainer found the input invalid")
+        return Failure(_input_reason(summary, message), message, exit_code, permanent=True)
+    if exit_code == EXIT_PREEMPTED:
+        message = _summary_message(summary, "the trainer was stopped and saved a checkpoint")
+        return Failure(Reason.PREEMPTED, message, exit_code, counts=False)
+    if term_reason == "OOMKilled" or exit_code == EXIT_SIGKILL:
+        return Failure(
+            Reason.OOM_KILLED,
+            "the trainer was killed (exit 137, out of memory?): raise resources.memory or lower "
+            "hyperparameters.batchSize / maxSeqLength",
+            exit_code,
+        )
+    if exit_code == EXIT_TRANSIENT:
+        return Failure(
+            Reason.TRANSIENT_ERROR, _summary_message(summary, "transient I/O error in the trainer"), exit_code
+        )
+    return Failure(
+        Reason.TRAINER_ERROR,
+        _summary_message(summary, f"the trainer exited with code {exit_code}"),
+        exit_code,
+    )
+
+
+def classify_pod(pod: JSON) -> Failure | None:
+    """A Failed pod -> why; None if the pod did not fail."""
+    status = pod.get("status") or {}
+    term = terminated_state(pod)
+    if term is not None and int(term.get("exitCode", 0)) != 0:
+        return classify_exit(int(term["exitCode"]), termination_summary(pod), str(term.get("reason") or ""))
+    if status.get("phase") != "Failed":
+        return None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return Failure(Reason.PREEMPTED, cond.get("message") or "the pod was disrupted", counts=False)
+    if status.get("reason") == "DeadlineExceeded":
+        return Failure(Reason.DEADLINE_EXCEEDED, status.get("message") or "deadline exceeded", permanent=True)
+    return Failure(Reason.TRAINER_ERROR, status.get("message") or status.get("reason") or "the pod failed")
+
+
+def pod_blocker(pod: JSON) -> Failure | None:
+    """Why a pod that has not finished cannot make progress (unschedulable, image, config), or None."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return Failure(Reason.UNSCHEDULABLE, cond.get("message") or "no node fits the pod")
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        why = waiting.get("reason") or ""
+        if why in _IMAGE_PULL:
+            return Failure(Reason.IMAGE_PULL, f"{why}: {waiting.get('message') or cs.get('image', '')}")
+        if why in _CONFIG_ERRORS:
+            message = str(waiting.get("message") or why)
+            if "secret" in message.lower() and "not found" in message.lower():
+                return Failure(
+                    Reason.SECRET_NOT_FOUND,
+                    f"{message}: create it in the job's namespace with keys AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY",
+                )
+            return Failure(Reason.TRAINER_ERROR, message)
+    return None
+
+
+def job_condition(job: JSON, type_: str) -> JSON | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def classify_job(job: JSON, pods: list[JSON]) -> Failure:
+    """A trainer Job with condition Failed -> why, from its failed pods where they say more."""
+    cond = job_condition(job, "Failed") or {}
+    reason = str(cond.get("reason") or "")
+    if reason == "DeadlineExceeded":
+        return Failure(
+            Reason.DEADLINE_EXCEEDED,
+            "activeDeadlineSeconds passed before training finished: raise spec.activeDeadlineSeconds "
+            "or lower the work (epochs, maxSteps)",
+            permanent=True,
+        )
+    failures = [f for f in (classify_pod(p) for p in pods) if f is not None]
+    # The permanent one first (podFailurePolicy FailJob), then the one that used the budget.
+    failures.sort(key=lambda f: (not f.permanent, not f.counts))
+    if failures:
+        return failures[0]
+    return Failure(Reason.TRAINER_ERROR, str(cond.get("message") or reason or "the trainer Job failed"))

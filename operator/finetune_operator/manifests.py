@@ -1,0 +1,407 @@
+"""The children of a FineTuneJob as plain dicts (pure: no I/O, no clock).
+
+- `<name>-config`          ConfigMap with the trainer's config.json (finetune_trainer.config.TrainerConfig)
+- `<name>-validate-<hash>` CPU-only Pod running the trainer image in validate mode
+- `<name>-train-a<N>`      batch/v1 Job of attempt N running the trainer in train mode
+
+Every child carries an owner reference to the FineTuneJob (deleting it garbage-collects them all),
+the labels the operator indexes them by, and the same hardened pod settings: non-root, read-only
+root filesystem, no capabilities, RuntimeDefault seccomp, no API token, a scratch emptyDir. The S3
+Secret is referenced by name from the pod's own namespace; the operator never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from finetune_trainer.config import TrainerConfig
+
+from . import names
+from .api import API_VERSION, KIND, FineTuneJobSpec
+from .api.spec import DatasetFormat, LRScheduler
+from .settings import OperatorSettings
+
+JSON = dict[str, Any]
+
+MANAGED_BY: Final = "finetune-operator"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_JOB: Final = "finetune.dev/job"
+LABEL_ATTEMPT: Final = "finetune.dev/attempt"
+# On a trainer Job: how many failures had used the retry budget when this attempt was started. The
+# count lives on the children, so a restarted operator recomputes it from what exists.
+ANNOTATION_RETRIES_USED: Final = "finetune.dev/retries-used"
+ANNOTATION_SPEC_HASH: Final = "finetune.dev/spec-hash"
+COMPONENT_VALIDATION: Final = "validation"
+COMPONENT_TRAINER: Final = "trainer"
+COMPONENT_CONFIG: Final = "config"
+
+CONFIG_DIR: Final = "/etc/finetune"
+CONFIG_FILE: Final = "config.json"
+SCRATCH_DIR: Final = "/scratch"
+CONTAINER_NAME: Final = "trainer"
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+RUN_AS_USER: Final = 1000
+
+# Exit codes of the trainer contract (docs/architecture.md, finetune_trainer.exitcodes).
+EXIT_INVALID_INPUT: Final = 42
+EXIT_TRANSIENT: Final = 75
+EXIT_PREEMPTED: Final = 76
+
+# Keys the API server owns; the rendered TrainerConfig does not name lr schedulers it lacks.
+_TRAINER_SCHEDULERS: Final = {"linear", "cosine", "constant", "constant_with_warmup"}
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What the children need to know about their FineTuneJob."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> JSON:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def labels(ref: JobRef, component: str, attempt: int | None = None) -> dict[str, str]:
+    out = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: "finetune-trainer",
+        LABEL_COMPONENT: component,
+        LABEL_JOB: ref.name,
+    }
+    if attempt is not None:
+        out[LABEL_ATTEMPT] = str(attempt)
+    return out
+
+
+def validation_hash(spec: FineTuneJobSpec) -> str:
+    """Hash of the parts validation looks at (all immutable in the CRD): suspend, retries or budget
+    edits never start a new validation."""
+    body = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    keep = ("baseModel", "dataset", "output", "storage", "method", "hyperparameters")
+    return names.spec_hash({k: body.get(k) for k in keep})
+
+
+def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings) -> TrainerConfig:
+    """Render the spec into the trainer's config model; ValueError if the trainer cannot express it."""
+    hp = spec.hyperparameters
+    scheduler = hp.lr_scheduler.transformers_name
+    if scheduler not in _TRAINER_SCHEDULERS:
+        supported = ", ".join(s.value for s in LRScheduler if s.transformers_name in _TRAINER_SCHEDULERS)
+        raise ValueError(
+            f"hyperparameters.lrScheduler {hp.lr_scheduler.value} is not supported by this trainer "
+            f"image; use one of {supported}"
+        )
+    dataset: JSON = {
+        "train": spec.dataset.train,
+        "format": "prompt_completion"
+        if spec.dataset.format is DatasetFormat.PROMPT_COMPLETION
+        else spec.dataset.format.value,
+    }
+    if spec.dataset.validation is not None:
+        dataset["validation"] = spec.dataset.validation
+    split = spec.dataset.effective_validation_split
+    if split is not None:
+        dataset["validationSplit"] = split
+    hyper: JSON = {
+        "epochs": hp.epochs,
+        "learningRate": hp.learning_rate,
+        "lrScheduler": scheduler,
+        "warmupRatio": hp.warmup_ratio,
+        "weightDecay": hp.weight_decay,
+        "batchSize": hp.batch_size,
+        "gradientAccumulationSteps": hp.gradient_accumulation_steps,
+        "maxSeqLength": hp.max_seq_length,
+        "packing": hp.packing,
+        "seed": hp.seed,
+        "earlyStopping": {"patience": hp.early_stopping.patience if hp.early_stopping else 0},
+    }
+    if hp.max_steps is not None:
+        hyper["maxSteps"] = hp.max_steps
+    method: JSON = {"type": spec.method.type.value}
+    lora = spec.method.effective_lora
+    if lora is not None:
+        method["lora"] = {
+            "r": lora.r,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "targetModules": list(lora.target_modules),
+        }
+    doc: JSON = {
+        "baseModel": {"uri": spec.base_model.uri},
+        "dataset": dataset,
+        "output": {"uri": spec.output.uri},
+        "storage": {
+            "endpoint": spec.storage.endpoint or settings.s3_endpoint or None,
+            "region": spec.storage.region,
+        },
+        "method": method,
+        "hyperparameters": hyper,
+        "checkpointing": {"everySteps": spec.checkpointing.every_steps, "keep": spec.checkpointing.keep},
+        "job": {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid},
+    }
+    return TrainerConfig.model_validate(doc)
+
+
+def config_map(ref: JobRef, config: TrainerConfig) -> JSON:
+    body = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.config_map_name(ref.name),
+            "namespace": ref.namespace,
+            "labels": labels(ref, COMPONENT_CONFIG),
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "data": {CONFIG_FILE: json.dumps(body, indent=2, sort_keys=True)},
+    }
+
+
+def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt: int) -> list[JSON]:
+    secret = spec.storage.credentials_secret_ref.name
+
+    def from_secret(key: str) -> JSON:
+        return {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+    env: list[JSON] = [
+        from_secret("AWS_ACCESS_KEY_ID"),
+        from_secret("AWS_SECRET_ACCESS_KEY"),
+        {"name": "AWS_DEFAULT_REGION", "value": spec.storage.region},
+    ]
+    endpoint = spec.storage.endpoint or settings.s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    env += [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "METRICS_PORT", "value": str(settings.metrics_port)},
+        {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "SCRATCH_DIR", "value": SCRATCH_DIR},
+        {"name": "FINETUNE_JOB", "value": f"{ref.namespace}/{ref.name}"},
+        {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
+    ]
+    return env
+
+
+def _security_context() -> JSON:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_spec(
+    ref: JobRef,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    *,
+    mode: str,
+    attempt: int,
+    resources: JSON,
+    node_selector: dict[str, str],
+    tolerations: list[JSON],
+    priority_class: str,
+) -> JSON:
+    pod: JSON = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": settings.trainer_image,
+                "args": [mode, "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+                "env": _env(ref, spec, settings, attempt),
+                "resources": resources,
+                "securityContext": _security_context(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    {"name": "scratch", "mountPath": SCRATCH_DIR},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map_name(ref.name)}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    if mode == "train":
+        pod["containers"][0]["ports"] = [
+            {"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"}
+        ]
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if priority_class:
+        pod["priorityClassName"] = priority_class
+    return pod
+
+
+def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings) -> JSON:
+    """The CPU-only pod that checks dataset, model and output before any GPU is requested."""
+    resources = {
+        "requests": {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
+        "limits": {"memory": settings.validation_memory_limit},
+    }
+    hash_ = validation_hash(spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": names.validation_pod_name(ref.name, hash_),
+            "namespace": ref.namespace,
+            "labels": labels(ref, COMPONENT_VALIDATION),
+            "annotations": {ANNOTATION_SPEC_HASH: hash_},
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "spec": _pod_spec(
+            ref,
+            spec,
+            settings,
+            mode="validate",
+            attempt=0,
+            resources=resources,
+            node_selector=settings.validation_node_selector,
+            tolerations=[],
+            priority_class="",
+        ),
+    }
+
+
+def _trainer_resources(spec: FineTuneJobSpec) -> JSON:
+    res = spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.gpus:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    out: JSON = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def pod_failure_policy() -> JSON:
+    """Invalid input fails the Job at once; a preempted trainer (checkpoint saved) and disruptions
+    (eviction, preemption, node drain) are replaced in place without counting as failures."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_NAME,
+                    "operator": "In",
+                    "values": [EXIT_INVALID_INPUT],
+                },
+            },
+            {
+                "action": "Ignore",
+                "onExitCodes": {
+                    "containerName": CONTAINER_NAME,
+                    "operator": "In",
+                    "values": [EXIT_PREEMPTED],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def trainer_job(
+    ref: JobRef,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    *,
+    attempt: int,
+    retries_used: int,
+    active_deadline_seconds: int | None,
+    suspend: bool = False,
+) -> JSON:
+    """The batch/v1 Job of one attempt. backoffLimit 0: the FineTuneJob owns the retry budget, and
+    every attempt is a new Job that resumes from the last complete checkpoint."""
+    res = spec.resources
+    job_name = names.trainer_job_name(ref.name, attempt)
+    node_selector = dict(res.node_selector)
+    if res.gpu_type:
+        node_selector.setdefault(GPU_PRODUCT_LABEL, res.gpu_type)
+    tolerations = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations]
+    pod_labels = labels(ref, COMPONENT_TRAINER, attempt)
+    job_spec: JSON = {
+        "backoffLimit": 0,
+        "completions": res.nodes,
+        "parallelism": res.nodes,
+        "podFailurePolicy": pod_failure_policy(),
+        "suspend": suspend,
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(settings.metrics_port),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": _pod_spec(
+                ref,
+                spec,
+                settings,
+                mode="train",
+                attempt=attempt,
+                resources=_trainer_resources(spec),
+                node_selector=node_selector,
+                tolerations=tolerations,
+                priority_class=res.priority_class_name,
+            ),
+        },
+    }
+    if res.nodes > 1:
+        job_spec["completionMode"] = "Indexed"
+    if active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, active_deadline_seconds)
+    job_labels = dict(pod_labels)
+    if spec.queue_name:
+        job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name,
+            "namespace": ref.namespace,
+            "labels": job_labels,
+            "annotations": {ANNOTATION_RETRIES_USED: str(retries_used)},
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "spec": job_spec,
+    }

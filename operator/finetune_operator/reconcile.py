@@ -1,0 +1,605 @@
+"""The FineTuneJob state machine (DESIGN §4) as one pure function.
+
+    reconcile(job, observed, settings, now) -> Decision
+
+`job` is the parsed FineTuneJob (spec + the status last written), `observed` the children that exist
+(validation pods, trainer Jobs and their pods, from the operator's indexes) plus a /metrics sample of
+the running trainer. The decision says which children to create (AlreadyExists counts as done),
+which trainer Jobs to patch (suspend/resume), the new status, and the events of the transition.
+
+It is level-based: the decision depends only on what exists, so the operator may die at any line and
+decide the same again. Attempts are counted from the trainer Jobs that exist (deterministic names
+`<name>-train-a<N>`), and the retry budget used so far is written on each attempt's Job when it is
+created, so a restarted operator never starts an attempt twice nor forgets a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from . import manifests, names
+from .api import (
+    ConditionStatus,
+    ConditionType,
+    Failure,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    Metrics,
+    Outputs,
+    Phase,
+    Progress,
+    Reason,
+    derive_phase,
+    find_condition,
+    is_true,
+    set_condition,
+)
+from .cost import PriceTable, estimate, over_budget, pod_gpu_seconds, usage
+from .failures import Failure as ChildFailure
+from .failures import classify_job, classify_pod, job_condition, pod_blocker, termination_summary
+from .manifests import JobRef
+from .progress import Sample, next_metrics, next_progress
+from .settings import OperatorSettings
+
+JSON = dict[str, Any]
+TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
+_TERMINAL_POD_PHASES: Final = ("Succeeded", "Failed")
+# Summary keys (the trainer's termination message) that map onto status.metrics.
+_METRIC_KEYS: Final = {
+    "trainLoss": "train_loss",
+    "evalLoss": "eval_loss",
+    "baseEvalLoss": "base_eval_loss",
+    "evalPerplexity": "eval_perplexity",
+    "baseEvalPerplexity": "base_eval_perplexity",
+    "exactMatch": "exact_match",
+    "baseExactMatch": "base_exact_match",
+}
+
+
+@dataclass(frozen=True)
+class JobInput:
+    ref: JobRef
+    generation: int
+    spec: FineTuneJobSpec | None
+    status: FineTuneJobStatus
+    # Why the spec did not parse (the API server accepted it, so: a CRD newer than the operator).
+    spec_error: str = ""
+
+
+@dataclass(frozen=True)
+class Observed:
+    validation_pods: Sequence[JSON] = ()
+    trainer_jobs: Sequence[JSON] = ()
+    trainer_pods: Sequence[JSON] = ()
+    sample: Sample | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
+    # GPU-seconds per trainer pod uid remembered by the job's loop (pods that are gone included).
+    gpu_seconds_seen: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: FineTuneJobStatus
+    create: list[JSON] = field(default_factory=list)
+    patch_jobs: list[tuple[str, JSON]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    # Terminal: nothing will ever change again.
+    done: bool = False
+    gpu_seconds_seen: dict[str, float] = field(default_factory=dict)
+
+
+def attempt_of(obj: JSON) -> int:
+    raw = ((obj.get("metadata") or {}).get("labels") or {}).get(manifests.LABEL_ATTEMPT, "")
+    return int(raw) if str(raw).isdigit() else 0
+
+
+def _name(obj: JSON) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _phase(pod: JSON) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _is_live(pod: JSON) -> bool:
+    return _phase(pod) not in _TERMINAL_POD_PHASES
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
+
+
+def _completion_index(pod: JSON) -> int:
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(
+        "batch.kubernetes.io/job-completion-index"
+    )
+    return int(str(raw)) if str(raw).isdigit() else 0
+
+
+def scrape_target(observed_pods: Sequence[JSON], trainer_jobs: Sequence[JSON]) -> str | None:
+    """The pod IP of the current attempt's running trainer (index 0 for multi-node), if any."""
+    current = max((attempt_of(j) for j in trainer_jobs), default=0)
+    running = [
+        p
+        for p in observed_pods
+        if attempt_of(p) == current
+        and _phase(p) == "Running"
+        and not (p.get("metadata") or {}).get("deletionTimestamp")
+        and (p.get("status") or {}).get("podIP")
+    ]
+    running.sort(key=_completion_index)
+    return str(running[0]["status"]["podIP"]) if running else None
+
+
+class _Builder:
+    """The status being decided, the actions and events that go with it."""
+
+    def __init__(self, job: JobInput, now: datetime) -> None:
+        self.old = job.status
+        self.st = job.status.model_copy(deep=True)
+        self.st.observed_generation = job.generation
+        self.now = now
+        self.generation = job.generation
+        self.decision = Decision(status=self.st)
+        self.event_reason = ""
+
+    @property
+    def terminal(self) -> bool:
+        c = self.st.conditions
+        return is_true(c, ConditionType.SUCCEEDED) or is_true(c, ConditionType.FAILED)
+
+    def set(self, type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.st.conditions = set_condition(
+            self.st.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            observed_generation=self.generation,
+            now=self.now,
+        )
+
+    def clear(self, type_: str, reason: str, message: str) -> None:
+        """Set a condition False only if it is there and True (absent means "never happened")."""
+        if is_true(self.st.conditions, type_):
+            self.set(type_, FALSE, reason, message)
+
+    def message(self, reason: str, text: str) -> None:
+        self.st.message = text
+        self.event_reason = reason
+
+    def create(self, obj: JSON) -> None:
+        self.decision.create.append(obj)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.decision.events.append(Event(type_, reason, message))
+
+    def fail(self, reason: str, message: str, *, attempt: int = 0, exit_code: int | None = None) -> None:
+        self.set(ConditionType.FAILED, TRUE, reason, message)
+        if find_condition(self.st.conditions, ConditionType.RUNNING) is not None:
+            self.set(ConditionType.RUNNING, FALSE, reason, "the job failed")
+        self.clear(ConditionType.STALLED, reason, "the job failed")
+        self.st.completion_time = self.st.completion_time or self.now
+        self.st.last_failure = Failure(
+            attempt=attempt, reason=reason, message=message, exit_code=exit_code, time=self.now
+        )
+        self.message(reason, message)
+        self.decision.done = True
+
+    def finish(self) -> Decision:
+        phase = derive_phase(self.st.conditions)
+        self.st.phase = phase
+        if phase != self.old.phase:
+            kind = "Warning" if phase is Phase.FAILED else "Normal"
+            reason = self.event_reason if phase is Phase.FAILED and self.event_reason else phase.value
+            self.event(kind, reason, self.st.message or phase.value)
+        return self.decision
+
+
+def reconcile(job: JobInput, observed: Observed, settings: OperatorSettings, now: datetime) -> Decision:
+    b = _Builder(job, now)
+    if b.terminal:
+        b.decision.done = True
+        return b.decision
+    if job.spec is None:
+        b.fail(Reason.INVALID_SPEC, f"the operator cannot read this spec: {job.spec_error}")
+        return b.finish()
+    try:
+        config = manifests.trainer_config(job.ref, job.spec, settings)
+    except ValueError as err:
+        b.fail(Reason.INVALID_SPEC, str(err))
+        return b.finish()
+    config_map = manifests.config_map(job.ref, config)
+    if is_true(b.st.conditions, ConditionType.VALIDATED) or _validate(
+        b, job=job, spec=job.spec, obs=observed, settings=settings, config_map=config_map
+    ):
+        _train(b, job=job, spec=job.spec, obs=observed, settings=settings, config_map=config_map)
+    return b.finish()
+
+
+def _age(obj: JSON, now: datetime) -> float:
+    created = _parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
+    return (now - created).total_seconds() if created else 0.0
+
+
+def _validate(
+    b: _Builder,
+    *,
+    job: JobInput,
+    spec: FineTuneJobSpec,
+    obs: Observed,
+    settings: OperatorSettings,
+    config_map: JSON,
+) -> bool:
+    """Drive the validation pod; True once it passed (training may start in the same pass)."""
+    pod_name = names.validation_pod_name(job.ref.name, manifests.validation_hash(spec))
+    b.st.validation_pod_name = pod_name
+    pod = next((p for p in obs.validation_pods if _name(p) == pod_name), None)
+    if pod is None:
+        b.create(config_map)
+        b.create(manifests.validation_pod(job.ref, spec, settings))
+        text = f"validating the dataset, base model and output location in pod {pod_name} (no GPU yet)"
+        b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
+        b.message(Reason.VALIDATING, text)
+        return False
+    phase = _phase(pod)
+    if phase == "Succeeded":
+        summary = termination_summary(pod)
+        text = str(summary.get("message") or "dataset, base model and output location are valid")
+        b.set(ConditionType.VALIDATED, TRUE, Reason.INPUTS_VALID, text)
+        b.clear(ConditionType.STALLED, Reason.PROGRESSING, "validation passed")
+        tokens = summary.get("tokens")
+        if isinstance(tokens, int) and tokens >= 0:
+            b.st.estimate = estimate(spec, tokens, obs.prices)
+        b.message(Reason.INPUTS_VALID, text)
+        return True
+    if phase == "Failed":
+        f = classify_pod(pod) or ChildFailure(Reason.TRAINER_ERROR, f"validation pod {pod_name} failed")
+        b.set(ConditionType.VALIDATED, FALSE, f.reason, f.message)
+        b.fail(f.reason, f.message, exit_code=f.exit_code)
+        return False
+    blocker = pod_blocker(pod)
+    if blocker is None:
+        text = f"validating the dataset, base model and output location in pod {pod_name} (no GPU yet)"
+        b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
+        b.message(Reason.VALIDATING, text)
+        return False
+    text = f"validation pod {pod_name} cannot start: {blocker.message}"
+    b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
+    b.message(blocker.reason, text)
+    if blocker.reason in (Reason.IMAGE_PULL, Reason.SECRET_NOT_FOUND):
+        b.set(ConditionType.STALLED, TRUE, blocker.reason, text)
+        if _age(pod, b.now) > settings.image_pull_timeout:
+            b.fail(blocker.reason, text)
+    return False
+
+
+def _deadline_left(spec: FineTuneJobSpec, start: datetime | None, now: datetime) -> int | None:
+    if spec.active_deadline_seconds is None:
+        return None
+    if start is None:
+        return spec.active_deadline_seconds
+    return spec.active_deadline_seconds - int((now - start).total_seconds())
+
+
+def _start_attempt(
+    b: _Builder,
+    *,
+    job: JobInput,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    config_map: JSON,
+    attempt: int,
+    retries_used: int,
+) -> None:
+    start = b.st.start_time or b.now
+    left = _deadline_left(spec, start, b.now)
+    if left is not None and left <= 0:
+        b.fail(
+            Reason.DEADLINE_EXCEEDED,
+            f"activeDeadlineSeconds ({spec.active_deadline_seconds}) passed before training finished; "
+            "raise spec.activeDeadlineSeconds or lower the work (epochs, maxSteps)",
+            attempt=attempt - 1,
+        )
+        return
+    trainer = manifests.trainer_job(
+        job.ref,
+        spec,
+        settings,
+        attempt=attempt,
+        retries_used=retries_used,
+        active_deadline_seconds=left,
+        # Kueue admits (unsuspends) queued Jobs itself.
+        suspend=spec.suspend or bool(spec.queue_name),
+    )
+    b.create(config_map)
+    b.create(trainer)
+    b.st.start_time = start
+    b.st.attempts = attempt
+    b.st.trainer_job_name = _name(trainer)
+    reason = Reason.WAITING_FOR_QUOTA if spec.queue_name else Reason.JOB_CREATED
+    b.set(ConditionType.ADMITTED, TRUE, reason, f"trainer Job {_name(trainer)} created (attempt {attempt})")
+
+
+def _train(
+    b: _Builder,
+    *,
+    job: JobInput,
+    spec: FineTuneJobSpec,
+    obs: Observed,
+    settings: OperatorSettings,
+    config_map: JSON,
+) -> None:
+    jobs = {attempt_of(j): j for j in obs.trainer_jobs if attempt_of(j) > 0}
+    attempt = max(jobs, default=0)
+    price = obs.prices.price(spec.resources.gpu_type)
+    if spec.resources.gpus:
+        floor = b.old.usage.gpu_seconds if b.old.usage and b.old.usage.gpu_seconds else 0
+        seen = pod_gpu_seconds(obs.trainer_pods, b.now, obs.gpu_seconds_seen)
+        b.decision.gpu_seconds_seen = seen
+        b.st.usage = usage(sum(seen.values()), price, floor)
+    if spec.budget is not None:
+        _budget(b, spec)
+        if b.decision.done:
+            return
+    if attempt < (b.old.attempts or 0):
+        # A Job we created is not in the index yet (or was deleted by hand): wait for it.
+        return
+    if attempt == 0:
+        if spec.suspend:
+            text = "suspended before training started; set spec.suspend to false to start"
+            b.set(ConditionType.SUSPENDED, TRUE, Reason.SUSPENDED, text)
+            b.message(Reason.SUSPENDED, text)
+            return
+        _start_attempt(
+            b, job=job, spec=spec, settings=settings, config_map=config_map, attempt=1, retries_used=0
+        )
+        b.clear(ConditionType.SUSPENDED, Reason.RESUMED, "resumed")
+        if not b.decision.done:
+            text = f"waiting for GPUs: trainer Job {b.st.trainer_job_name} created"
+            b.set(ConditionType.RUNNING, FALSE, Reason.PENDING, text)
+            b.message(Reason.JOB_CREATED, text)
+        return
+    current = jobs[attempt]
+    pods = [p for p in obs.trainer_pods if attempt_of(p) == attempt]
+    annotations = (current.get("metadata") or {}).get("annotations") or {}
+    raw_used = str(annotations.get(manifests.ANNOTATION_RETRIES_USED, "0"))
+    retries_used = int(raw_used) if raw_used.isdigit() else 0
+    b.st.attempts = max(attempt, b.old.attempts or 0)
+    b.st.trainer_job_name = _name(current)
+    b.st.start_time = b.st.start_time or _parse_time((current.get("metadata") or {}).get("creationTimestamp"))
+    if not is_true(b.st.conditions, ConditionType.ADMITTED):
+        b.set(ConditionType.ADMITTED, TRUE, Reason.JOB_CREATED, f"trainer Job {_name(current)} created")
+
+    if job_condition(current, "Complete") is not None:
+        _succeed(b, pods)
+        return
+    if job_condition(current, "Failed") is not None:
+        _after_failure(
+            b,
+            job=job,
+            spec=spec,
+            settings=settings,
+            config_map=config_map,
+            attempt=attempt,
+            retries_used=retries_used,
+            failure=classify_job(current, pods),
+        )
+        return
+    spent = over_budget(spec, b.st.usage)
+    if spent is not None:
+        reason, text = spent
+        text = f"{text}; the trainer was stopped after saving a checkpoint"
+        b.set(ConditionType.BUDGET_EXCEEDED, TRUE, reason, text)
+        b.decision.patch_jobs.append((_name(current), {"spec": {"suspend": True}}))
+        b.fail(reason, text, attempt=attempt)
+        return
+    _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods)
+
+
+def _budget(b: _Builder, spec: FineTuneJobSpec) -> None:
+    """BudgetExceeded from the estimate (a warning: estimates are rough) and the usage (see _train)."""
+    spent = over_budget(spec, b.st.usage) or over_budget(spec, b.st.estimate)
+    if spent is None:
+        b.set(
+            ConditionType.BUDGET_EXCEEDED,
+            FALSE,
+            Reason.WITHIN_BUDGET,
+            "estimate and usage are within spec.budget",
+        )
+        return
+    reason, text = spent
+    if not is_true(b.st.conditions, ConditionType.BUDGET_EXCEEDED):
+        b.event("Warning", reason, text)
+    b.set(ConditionType.BUDGET_EXCEEDED, TRUE, reason, text)
+
+
+def _succeed(b: _Builder, pods: Sequence[JSON]) -> None:
+    done = [p for p in pods if _phase(p) == "Succeeded"]
+    summary = termination_summary(done[0]) if done else {}
+    adapter = summary.get("adapterURI")
+    text = f"training finished; adapter at {adapter}" if adapter else "training finished"
+    b.set(ConditionType.SUCCEEDED, TRUE, Reason.COMPLETED, text)
+    b.set(ConditionType.RUNNING, FALSE, Reason.COMPLETED, "the trainer finished")
+    b.clear(ConditionType.STALLED, Reason.COMPLETED, "the trainer finished")
+    b.clear(ConditionType.SUSPENDED, Reason.COMPLETED, "the trainer finished")
+    b.st.completion_time = b.st.completion_time or b.now
+    b.st.outputs = Outputs(
+        adapter_uri=summary.get("adapterURI"),
+        sha256=summary.get("sha256"),
+        report_uri=summary.get("reportURI"),
+    )
+    old = b.st.progress or Progress()
+    total = summary.get("totalSteps") if isinstance(summary.get("totalSteps"), int) else old.total_steps
+    step = summary.get("step") if isinstance(summary.get("step"), int) else (total or old.step)
+    epoch = summary.get("epoch")
+    b.st.progress = old.model_copy(
+        update={
+            "step": step,
+            "total_steps": total,
+            "percent": 100,
+            "eta_seconds": 0,
+            "eta": "0s",
+            "epoch": f"{float(epoch):.2f}" if isinstance(epoch, int | float) else old.epoch,
+        }
+    )
+    metrics = b.st.metrics or Metrics()
+    update = {
+        attr: f"{float(summary[key]):.4f}"
+        for key, attr in _METRIC_KEYS.items()
+        if isinstance(summary.get(key), int | float)
+    }
+    b.st.metrics = metrics.model_copy(update=update)
+    b.message(Reason.COMPLETED, text)
+    b.decision.done = True
+
+
+def _after_failure(
+    b: _Builder,
+    *,
+    job: JobInput,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    config_map: JSON,
+    attempt: int,
+    retries_used: int,
+    failure: ChildFailure,
+) -> None:
+    b.st.last_failure = Failure(
+        attempt=attempt,
+        reason=failure.reason,
+        message=failure.message,
+        exit_code=failure.exit_code,
+        time=b.now,
+    )
+    if failure.permanent:
+        b.fail(failure.reason, failure.message, attempt=attempt, exit_code=failure.exit_code)
+        return
+    used = retries_used + (1 if failure.counts else 0)
+    limit = spec.retries.limit
+    if used > limit:
+        b.fail(
+            Reason.RETRIES_EXHAUSTED,
+            f"attempt {attempt} failed ({failure.reason}: {failure.message}) and the retry budget "
+            f"(spec.retries.limit={limit}) is used up; fix the cause or raise the limit and create a new job",
+            attempt=attempt,
+            exit_code=failure.exit_code,
+        )
+        return
+    nxt = attempt + 1
+    _start_attempt(
+        b, job=job, spec=spec, settings=settings, config_map=config_map, attempt=nxt, retries_used=used
+    )
+    if b.decision.done:
+        return
+    text = (
+        f"attempt {attempt} failed ({failure.reason}: {failure.message}); attempt {nxt} resumes from the "
+        f"last complete checkpoint (retries used {used} of {limit})"
+    )
+    b.set(ConditionType.RUNNING, FALSE, failure.reason, text)
+    b.message(failure.reason, text)
+    b.event("Warning", failure.reason, text)
+
+
+def _active(
+    b: _Builder,
+    *,
+    spec: FineTuneJobSpec,
+    obs: Observed,
+    settings: OperatorSettings,
+    current: JSON,
+    pods: Sequence[JSON],
+) -> None:
+    job_name = _name(current)
+    job_suspended = bool((current.get("spec") or {}).get("suspend"))
+    live = [p for p in pods if _is_live(p)]
+    if spec.suspend:
+        if not job_suspended:
+            b.decision.patch_jobs.append((job_name, {"spec": {"suspend": True}}))
+            b.event(
+                "Normal", "Suspending", f"suspending trainer Job {job_name}; the trainer saves a checkpoint"
+            )
+        text = (
+            f"stopping {len(live)} trainer pod(s); the trainer saves a checkpoint on SIGTERM"
+            if live
+            else "suspended; set spec.suspend to false to resume from the last complete checkpoint"
+        )
+        b.set(ConditionType.SUSPENDED, TRUE, Reason.SUSPENDED, text)
+        if find_condition(b.st.conditions, ConditionType.RUNNING) is not None:
+            b.set(ConditionType.RUNNING, FALSE, Reason.SUSPENDED, text)
+        b.message(Reason.SUSPENDED, text)
+        return
+    if job_suspended and not spec.queue_name:
+        b.decision.patch_jobs.append((job_name, {"spec": {"suspend": False}}))
+        b.event(
+            "Normal", Reason.RESUMED, f"resuming trainer Job {job_name} from the last complete checkpoint"
+        )
+    b.clear(
+        ConditionType.SUSPENDED,
+        Reason.RESUMED,
+        "resumed; training continues from the last complete checkpoint",
+    )
+    running = [
+        p for p in live if _phase(p) == "Running" and not (p.get("metadata") or {}).get("deletionTimestamp")
+    ]
+    if running:
+        _running(b, obs, settings, running[0], job_name)
+        return
+    blockers = [f for f in (pod_blocker(p) for p in live) if f is not None]
+    blocker = blockers[0] if blockers else None
+    if blocker is not None and blocker.reason == Reason.UNSCHEDULABLE:
+        text = f"waiting for GPUs: {blocker.message}"
+        b.set(ConditionType.RUNNING, FALSE, Reason.UNSCHEDULABLE, text)
+        b.message(Reason.UNSCHEDULABLE, text)
+        return
+    if blocker is not None:
+        text = f"the trainer pod cannot start: {blocker.message}"
+        b.set(ConditionType.RUNNING, FALSE, blocker.reason, text)
+        b.set(ConditionType.STALLED, TRUE, blocker.reason, text)
+        b.message(blocker.reason, text)
+        oldest = max((_age(p, b.now) for p in live), default=0.0)
+        if oldest > settings.image_pull_timeout:
+            b.decision.patch_jobs.append((job_name, {"spec": {"suspend": True}}))
+            b.fail(blocker.reason, text, attempt=attempt_of(current))
+        return
+    if spec.queue_name and job_suspended:
+        text = f"waiting for Kueue to admit trainer Job {job_name} (queue {spec.queue_name})"
+        b.set(ConditionType.RUNNING, FALSE, Reason.WAITING_FOR_QUOTA, text)
+    else:
+        text = f"waiting for the trainer pod of Job {job_name} to start"
+        b.set(ConditionType.RUNNING, FALSE, Reason.PENDING, text)
+    b.message(Reason.PENDING, text)
+
+
+def _running(b: _Builder, obs: Observed, settings: OperatorSettings, pod: JSON, job_name: str) -> None:
+    node = (pod.get("spec") or {}).get("nodeName", "")
+    text = f"trainer pod {_name(pod)} of Job {job_name} is running on {node}"
+    b.set(ConditionType.RUNNING, TRUE, Reason.TRAINER_RUNNING, text)
+    if obs.sample is not None:
+        b.st.progress = next_progress(b.st.progress, obs.sample, b.now)
+        b.st.metrics = next_metrics(b.st.metrics, obs.sample)
+    progress = b.st.progress
+    if progress is not None and progress.last_step_time is None and progress.step is None:
+        progress = None
+    last = progress.last_step_time if progress is not None else None
+    since = last or _parse_time((pod.get("status") or {}).get("startTime"))
+    if since is not None and (b.now - since).total_seconds() > settings.stall_seconds:
+        stalled = f"no new training step for more than {settings.stall_seconds}s"
+        b.set(ConditionType.STALLED, TRUE, Reason.NO_PROGRESS, stalled)
+    else:
+        b.clear(ConditionType.STALLED, Reason.PROGRESSING, "training steps are advancing")
+    b.message(Reason.TRAINER_RUNNING, text)

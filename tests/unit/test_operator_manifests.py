@@ -1,0 +1,182 @@
+"""Children of a FineTuneJob: hardened pods, owner references, labels, GPU scheduling, failure policy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from finetune_operator import manifests
+from finetune_operator.api import FineTuneJobSpec
+from finetune_operator.manifests import JobRef
+from finetune_operator.settings import OperatorSettings
+from finetune_trainer.config import TrainerConfig
+
+REF = JobRef(name="bot", namespace="team-a", uid="uid-1")
+SETTINGS = OperatorSettings(trainer_image="finetune-operator/trainer-stub:dev", s3_endpoint="http://s3:9000")
+
+
+def spec(**overrides: object) -> FineTuneJobSpec:
+    body: dict[str, object] = {
+        "baseModel": {"uri": "s3://models/smollm2/"},
+        "dataset": {"train": "s3://data/train.jsonl"},
+        "output": {"uri": "s3://out/bot/"},
+        "storage": {"credentialsSecretRef": {"name": "s3-creds"}},
+    }
+    body.update(overrides)
+    return FineTuneJobSpec.model_validate(body)
+
+
+def container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(pod_spec["containers"][0])
+
+
+@pytest.mark.parametrize("kind", ["validation", "trainer"])
+def test_pods_are_hardened_and_owned(kind: str) -> None:
+    if kind == "validation":
+        obj = manifests.validation_pod(REF, spec(), SETTINGS)
+        pod = obj["spec"]
+    else:
+        obj = manifests.trainer_job(
+            REF, spec(), SETTINGS, attempt=1, retries_used=0, active_deadline_seconds=None
+        )
+        pod = obj["spec"]["template"]["spec"]
+    meta = obj["metadata"]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "bot",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "finetune-operator"
+    assert meta["labels"]["finetune.dev/job"] == "bot"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container(pod)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["allowPrivilegeEscalation"] is False
+    assert {"name": "scratch", "emptyDir": {}} in pod["volumes"]
+    assert container(pod)["image"] == "finetune-operator/trainer-stub:dev"
+
+
+def test_secret_is_only_referenced_from_the_same_namespace() -> None:
+    pod = manifests.validation_pod(REF, spec(), SETTINGS)
+    env = {e["name"]: e for e in container(pod["spec"])["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert pod["metadata"]["namespace"] == "team-a"
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_validation_pod_requests_no_gpu_and_runs_validate() -> None:
+    pod = manifests.validation_pod(REF, spec(resources={"gpus": 4}), SETTINGS)
+    c = container(pod["spec"])
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert c["args"] == ["validate", "--config", "/etc/finetune/config.json"]
+    assert pod["metadata"]["name"].startswith("bot-validate-")
+
+
+def test_validation_pod_name_is_stable_across_mutable_fields() -> None:
+    a = manifests.validation_pod(REF, spec(), SETTINGS)["metadata"]["name"]
+    b = manifests.validation_pod(REF, spec(suspend=True, retries={"limit": 7}), SETTINGS)["metadata"]["name"]
+    c = manifests.validation_pod(REF, spec(dataset={"train": "s3://data/other.jsonl"}), SETTINGS)
+    assert a == b != c["metadata"]["name"]
+
+
+def test_trainer_job_scheduling_and_failure_policy() -> None:
+    s = spec(
+        resources={
+            "gpus": 2,
+            "gpuType": "nvidia-h100-80gb",
+            "memory": "64Gi",
+            "cpu": "8",
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "high",
+        },
+        queueName="team-a",
+    )
+    job = manifests.trainer_job(REF, s, SETTINGS, attempt=3, retries_used=1, active_deadline_seconds=500)
+    assert job["metadata"]["name"] == "bot-train-a3"
+    assert job["metadata"]["labels"]["finetune.dev/attempt"] == "3"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["metadata"]["annotations"]["finetune.dev/retries-used"] == "1"
+    js = job["spec"]
+    assert js["backoffLimit"] == 0
+    assert js["activeDeadlineSeconds"] == 500
+    rules = js["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42]},
+    }
+    assert rules[1]["action"] == "Ignore"
+    assert rules[1]["onExitCodes"]["values"] == [76]
+    assert rules[2] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    tmpl = js["template"]
+    assert tmpl["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert tmpl["metadata"]["labels"]["finetune.dev/attempt"] == "3"
+    pod = tmpl["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "nvidia-h100-80gb"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "high"
+    res = container(pod)["resources"]
+    assert res["limits"] == {"nvidia.com/gpu": "2", "memory": "64Gi"}
+    assert res["requests"]["cpu"] == "8"
+    env = {e["name"]: e.get("value") for e in container(pod)["env"]}
+    assert env["FINETUNE_ATTEMPT"] == "3"
+    assert container(pod)["args"][0] == "train"
+
+
+def test_multi_node_is_an_indexed_job() -> None:
+    job = manifests.trainer_job(
+        REF,
+        spec(resources={"gpus": 1, "nodes": 2}),
+        SETTINGS,
+        attempt=1,
+        retries_used=0,
+        active_deadline_seconds=None,
+    )
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert "activeDeadlineSeconds" not in job["spec"]
+
+
+def test_config_map_renders_a_valid_trainer_config() -> None:
+    s = spec(
+        dataset={"train": "s3://data/train.jsonl", "format": "prompt-completion"},
+        hyperparameters={
+            "learningRate": "1e-4",
+            "lrScheduler": "constant-with-warmup",
+            "earlyStopping": {"patience": 2},
+        },
+    )
+    cm = manifests.config_map(REF, manifests.trainer_config(REF, s, SETTINGS))
+    assert cm["metadata"]["name"] == "bot-config"
+    cfg = TrainerConfig.model_validate_json(cm["data"]["config.json"])
+    assert cfg.dataset.format == "prompt_completion"
+    assert cfg.hyperparameters.lr_scheduler == "constant_with_warmup"
+    assert cfg.hyperparameters.learning_rate == pytest.approx(1e-4)
+    assert cfg.hyperparameters.early_stopping.patience == 2
+    assert cfg.storage.endpoint == "http://s3:9000"
+    assert cfg.job.name == "bot"
+    assert cfg.job.namespace == "team-a"
+    assert "secret" not in cm["data"]["config.json"].lower()
+
+
+def test_config_refuses_a_scheduler_the_trainer_lacks() -> None:
+    with pytest.raises(ValueError, match="lrScheduler"):
+        manifests.trainer_config(REF, spec(hyperparameters={"lrScheduler": "inverse-sqrt"}), SETTINGS)

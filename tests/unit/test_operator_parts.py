@@ -1,0 +1,294 @@
+"""Failure classification, cost, progress parsing and settings: the pure pieces the reconcile uses."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from finetune_operator.api import FineTuneJobSpec, Progress
+from finetune_operator.cost import estimate, parse_price_table, pod_gpu_seconds, pod_run_seconds, usage
+from finetune_operator.failures import (
+    classify_exit,
+    classify_job,
+    classify_pod,
+    pod_blocker,
+    termination_summary,
+)
+from finetune_operator.progress import next_progress, parse_metrics
+from finetune_operator.settings import OperatorSettings
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def failed_pod(code: int, message: str = "", reason: str = "Error") -> dict[str, Any]:
+    return {
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"terminated": {"exitCode": code, "message": message, "reason": reason}},
+                }
+            ],
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "summary", "reason", "permanent", "counts"),
+    [
+        (
+            42,
+            {"reason": "InvalidDataset", "message": "invalid input: train:3: bad", "line": 3},
+            "InvalidDataset",
+            True,
+            True,
+        ),
+        (42, {"message": "reading s3://b/k: AccessDenied"}, "AccessDenied", True, True),
+        (42, {"message": "output.uri: bucket not writable"}, "InvalidOutput", True, True),
+        (42, {"message": "something odd"}, "InvalidInput", True, True),
+        (75, {"message": "S3 timeout"}, "TransientError", False, True),
+        (76, {"message": "SIGTERM"}, "Preempted", False, False),
+        (137, {}, "OOMKilled", False, True),
+        (1, {"message": "Traceback"}, "TrainerError", False, True),
+    ],
+)
+def test_exit_codes(code: int, summary: dict[str, Any], reason: str, permanent: bool, counts: bool) -> None:
+    f = classify_exit(code, summary)
+    assert (f.reason, f.permanent, f.counts, f.exit_code) == (reason, permanent, counts, code)
+
+
+def test_line_number_is_kept_in_the_message() -> None:
+    f = classify_exit(42, {"reason": "InvalidDataset", "message": "row has no messages", "line": 12})
+    assert "line 12" in f.message
+
+
+def test_oom_killed_reason_wins_over_exit_code() -> None:
+    f = classify_pod(failed_pod(1, reason="OOMKilled"))
+    assert f is not None
+    assert f.reason == "OOMKilled"
+
+
+def test_termination_message_falls_back_to_text() -> None:
+    assert termination_summary(failed_pod(1, "plain log tail")) == {"message": "plain log tail"}
+    assert termination_summary(failed_pod(1, json.dumps({"result": "Failed"}))) == {"result": "Failed"}
+    assert termination_summary({"status": {}}) == {}
+
+
+def test_succeeded_pod_is_no_failure() -> None:
+    assert (
+        classify_pod(
+            {
+                "status": {
+                    "phase": "Succeeded",
+                    "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 0}}}],
+                }
+            }
+        )
+        is None
+    )
+
+
+def test_disrupted_pod_does_not_count() -> None:
+    pod = {
+        "status": {
+            "phase": "Failed",
+            "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "message": "preempted by higher priority"}
+            ],
+        }
+    }
+    f = classify_pod(pod)
+    assert f is not None
+    assert f.reason == "Preempted"
+    assert not f.counts
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (
+            {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/1 nodes are available",
+                    }
+                ]
+            },
+            "Unschedulable",
+        ),
+        (
+            {
+                "containerStatuses": [
+                    {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff"}}}
+                ]
+            },
+            "ImagePull",
+        ),
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "trainer",
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": 'secret "s3" not found',
+                            }
+                        },
+                    }
+                ]
+            },
+            "SecretNotFound",
+        ),
+        ({"containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}, None),
+    ],
+)
+def test_blockers(status: dict[str, Any], reason: str | None) -> None:
+    f = pod_blocker({"status": status})
+    assert (f.reason if f else None) == reason
+
+
+def test_job_failure_prefers_the_permanent_pod() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    f = classify_job(job, [failed_pod(75), failed_pod(42, json.dumps({"message": "train:2: bad"}))])
+    assert f.permanent
+    assert f.reason == "InvalidDataset"
+    deadline = {
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}
+    }
+    assert classify_job(deadline, []).reason == "DeadlineExceeded"
+
+
+def spec(**resources: object) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "s3://models/x/"},
+            "dataset": {"train": "s3://data/t.jsonl"},
+            "output": {"uri": "s3://out/x/"},
+            "storage": {"credentialsSecretRef": {"name": "c"}},
+            "hyperparameters": {"epochs": 2},
+            "resources": resources or {"gpus": 1},
+        }
+    )
+
+
+def test_price_table_and_estimate() -> None:
+    table, problems = parse_price_table(
+        {"default": "2", "h100": "4.50", "h100.tokensPerSecond": "9000", "broken": "cheap"}
+    )
+    assert problems == ["price table entry broken='cheap' is not a non-negative number; ignored"]
+    assert table.price("h100") == Decimal("4.50")
+    assert table.price("other") == Decimal(2)
+    est = estimate(spec(gpus=2, gpuType="h100"), 16_200_000, table)
+    # 16.2M tokens x 2 epochs / 9000 tok/s = 3600 s = 1 GPU-hour (independent of the GPU count) x 4.50
+    assert (est.tokens, est.gpu_hours, est.cost) == (32_400_000, "1.00", "4.50")
+    assert estimate(spec(gpus=0), 1000, table).cost == "0.00"
+    assert parse_price_table(None)[0].price("x") == Decimal(0)
+
+
+def test_usage_from_pod_times() -> None:
+    def pod(state: dict[str, Any], gpus: str = "2") -> dict[str, Any]:
+        return {
+            "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"nvidia.com/gpu": gpus}}}]},
+            "status": {"containerStatuses": [{"name": "trainer", "state": state}]},
+        }
+
+    def at(s: float) -> str:
+        return (NOW + timedelta(seconds=s)).isoformat().replace("+00:00", "Z")
+
+    done = pod({"terminated": {"startedAt": at(-100), "finishedAt": at(-40)}}) | {"metadata": {"uid": "a"}}
+    live = pod({"running": {"startedAt": at(-30)}}, "1") | {"metadata": {"uid": "b"}}
+    assert pod_run_seconds(done, NOW) == 60
+    seen = pod_gpu_seconds([done, live], NOW)
+    assert seen == {"a": 120, "b": 30}
+    u = usage(sum(seen.values()), Decimal("3.60"))
+    assert u.gpu_seconds == 150
+    assert u.estimated_cost == "0.15"
+    # the pod of a suspension is gone; what it used is not
+    assert pod_gpu_seconds([live], NOW + timedelta(seconds=10), seen) == {"a": 120, "b": 40}
+    assert usage(5, Decimal(1), floor=1000).gpu_seconds == 1000
+
+
+METRICS = """# HELP finetune_trainer_step Optimizer steps completed
+# TYPE finetune_trainer_step gauge
+finetune_trainer_step 30.0
+finetune_trainer_total_steps 120.0
+finetune_trainer_epoch 0.75
+finetune_trainer_train_loss 1.5
+finetune_trainer_eval_loss NaN
+finetune_trainer_tokens_per_second 1234.5
+"""
+
+
+def test_parse_metrics_and_progress() -> None:
+    sample = parse_metrics(METRICS)
+    assert (sample.step, sample.total_steps, sample.train_loss, sample.eval_loss) == (30, 120, 1.5, None)
+    p = next_progress(None, sample, NOW)
+    assert (p.percent, p.epoch, p.tokens_per_second, p.eta) == (25, "0.75", "1234.5", None)
+    later = next_progress(
+        p, parse_metrics(METRICS.replace("step 30.0", "step 60.0")), NOW + timedelta(seconds=60)
+    )
+    assert later.eta_seconds == 120
+    assert later.eta == "2m"
+    assert later.percent == 50
+    same = next_progress(
+        later, parse_metrics(METRICS.replace("step 30.0", "step 60.0")), NOW + timedelta(seconds=90)
+    )
+    assert same.last_step_time == later.last_step_time  # ETA and stall clock move only with the step
+    assert isinstance(same, Progress)
+
+
+def test_settings_from_env() -> None:
+    s = OperatorSettings.from_env(
+        {
+            "FTO_TRAINER_IMAGE": "img:1",
+            "FTO_PROGRESS_INTERVAL": "0.5",
+            "FTO_VALIDATION_NODE_SELECTOR": "pool=cpu,zone=a",
+            "FTO_NAMESPACES": "a,b",
+        }
+    )
+    assert s.trainer_image == "img:1"
+    assert s.progress_interval == 0.5
+    assert s.validation_node_selector == {"pool": "cpu", "zone": "a"}
+    assert s.namespaces == ("a", "b")
+    assert OperatorSettings.from_env({}).trainer_image == "finetune-operator/trainer:0.1.0"
+    with pytest.raises(ValueError, match="FTO_RESYNC_SECONDS"):
+        OperatorSettings.from_env({"FTO_RESYNC_SECONDS": "soon"})
+    with pytest.raises(ValueError, match="key=value"):
+        OperatorSettings.from_env({"FTO_VALIDATION_NODE_SELECTOR": "pool"})
+
+
+def test_children_of_a_predecessor_with_the_same_name_are_ignored() -> None:
+    from finetune_operator.service import observe
+
+    def obj(component: str, uid: str, owner: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "uid": uid,
+                "ownerReferences": [{"uid": owner}],
+                "labels": {"app.kubernetes.io/component": component},
+            }
+        }
+
+    key = ("ns", "bot")
+    jobs = {key: [obj("trainer", "job-old", "ftj-old"), obj("trainer", "job-new", "ftj-new")]}
+    pods = {
+        key: [
+            obj("validation", "v-old", "ftj-old"),
+            obj("validation", "v-new", "ftj-new"),
+            obj("trainer", "t-old", "job-old"),
+            obj("trainer", "t-new", "job-new"),
+        ]
+    }
+    validation, trainer, trainer_jobs = observe(key, "ftj-new", pods, jobs)
+    assert [p["metadata"]["uid"] for p in validation] == ["v-new"]
+    assert [p["metadata"]["uid"] for p in trainer] == ["t-new"]
+    assert [j["metadata"]["uid"] for j in trainer_jobs] == ["job-new"]
+    assert observe(("ns", "other"), "ftj-new", pods, jobs) == ([], [], [])
