@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -60,6 +61,10 @@ async def configure(
     )
     if ours.metrics_listen_port:
         metrics.serve(ours.metrics_listen_port, ours.metrics_listen_host)
+    # A standalone operator is always the one doing the work; under peering (FTO_PEERING_NAME),
+    # peering.py keeps the gauge in step with the replica's actual role.
+    if not os.environ.get("FTO_PEERING_NAME", "").strip():
+        metrics.set_leader(True)
     logger.info(f"finetune-operator started: trainer image {ours.trainer_image}")
 
 
