@@ -89,8 +89,14 @@ include helm/install.mk
 demo: install
 	$(PY) -m localcluster.demo
 
-# --- benchmarks ---------------------------------------------------------------------------
+# --- benchmarks (results and the commands in docs/benchmarks.md) -----------------------------
+
+.PHONY: bench
+bench: bench-trainer bench-operator
 
 .PHONY: bench-operator
 bench-operator: cluster-up
 	$(PY) bench/operator_bench.py --jobs 200
+.PHONY: bench-trainer
+bench-trainer: venv
+	$(PY) bench/trainer_bench.py --write-docs

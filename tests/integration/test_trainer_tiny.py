@@ -1,0 +1,322 @@
+"""The trainer end to end against the real local S3 with a tiny random Llama.
+
+Every test runs the real CLI (`python -m finetune_trainer ...`) as the operator would, with
+credentials enforced by SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_trainer_support import (
+    chat_rows,
+    finish,
+    get_json,
+    list_keys,
+    put_jsonl,
+    run_in_process,
+    run_trainer,
+    s3_client,
+    start_trainer,
+    tiny_model_dir,  # noqa: F401  (fixture)
+    upload_dir,
+    write_config,
+)
+
+
+def base_config(bucket: str, model_uri: str, train: str, validation: str | None, out: str) -> dict[str, Any]:
+    dataset: dict[str, Any] = {"train": train}
+    if validation:
+        dataset["validation"] = validation
+    return {
+        "baseModel": {"uri": model_uri},
+        "dataset": dataset,
+        "output": {"uri": f"s3://{bucket}/{out}/"},
+        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}},
+        "hyperparameters": {
+            "epochs": 2,
+            "learningRate": "3e-3",
+            "batchSize": 8,
+            "maxSeqLength": 128,
+            "warmupRatio": "0",
+        },
+        "checkpointing": {"everySteps": 4, "keep": 2},
+        "job": {"namespace": "test", "name": out},
+        "eval": {"maxExamples": 6, "maxNewTokens": 8},
+    }
+
+
+@pytest.fixture
+def tiny(s3_env: dict[str, str], s3_bucket: str, tiny_model_dir: Path) -> dict[str, Any]:  # noqa: F811
+    client = s3_client(s3_env)
+    model_uri = upload_dir(client, tiny_model_dir, s3_bucket, "models/tiny")
+    return {"client": client, "bucket": s3_bucket, "model": model_uri}
+
+
+def test_lora_chat_end_to_end(tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(48))
+    val = put_jsonl(client, bucket, "data/val.jsonl", chat_rows(12, offset=100))
+    cfg = write_config(tmp_path / "config.json", base_config(bucket, tiny["model"], train, val, "chat"))
+
+    run = run_trainer("train", cfg, s3_env, tmp_path / "scratch")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    summary = run.termination
+    assert summary["result"] == "Succeeded"
+    assert summary["step"] == summary["totalSteps"] == 12  # 48 rows / 8 per batch * 2 epochs
+    assert summary["evalLoss"] < summary["baseEvalLoss"]
+    assert len((tmp_path / "scratch" / "termination-log").read_bytes()) < 4096
+
+    keys = set(list_keys(client, bucket, "chat/"))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"):
+        assert f"chat/adapter/{name}" in keys
+    assert any(
+        (k.startswith("chat/adapter/") and "chat_template" in k) or k.endswith("tokenizer_config.json")
+        for k in keys
+    )
+    for report in ("validation.json", "eval.json", "result.json", "train_log.jsonl"):
+        assert f"chat/reports/{report}" in keys
+    # Checkpoints: the last `keep` complete ones remain, each with its marker.
+    assert {k.split("/")[2] for k in keys if k.startswith("chat/checkpoints/")} == {"step-8", "step-12"}
+    assert "chat/checkpoints/step-12/COMPLETE" in keys
+
+    result = get_json(client, bucket, "chat/reports/result.json")
+    assert result["eval"]["validation"]["tunedLoss"] < result["eval"]["validation"]["baseLoss"]
+    assert "matchRule" in result["eval"]
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for key in keys:
+        if key.startswith("chat/adapter/"):
+            client.download_file(bucket, key, str(adapter / key.rsplit("/", 1)[1]))
+    digest = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert digest == summary["sha256"]
+    sha_file = client.get_object(Bucket=bucket, Key="chat/adapter.sha256")["Body"].read().decode()
+    assert sha_file.split()[0] == digest
+    card = (adapter / "README.md").read_text()
+    assert tiny["model"] in card
+    assert "learningRate" in card
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "scratch" / "model"))
+    tuned = PeftModel.from_pretrained(base, str(adapter))
+    assert sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n) > 0
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"prompt": f"Q: what is {i} plus one?\nA:", "completion": f" {i + 1}"} for i in range(24)],
+        [{"text": f"Line {i}: the quick brown fox jumps over the lazy dog {i} times."} for i in range(24)],
+    ],
+    ids=["prompt_completion", "text"],
+)
+def test_other_formats_train(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, rows: list[Any]
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", rows)
+    config = base_config(bucket, tiny["model"], train, None, "fmt")
+    config["hyperparameters"]["epochs"] = 1
+    config["dataset"]["validationSplit"] = "0.25"
+    run = run_trainer("train", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch")
+    assert run.returncode == 0, run.stderr[-3000:]
+    validation = get_json(client, bucket, "fmt/reports/validation.json")
+    assert validation["format"] == ("text" if "text" in rows[0] else "prompt_completion")
+    assert validation["files"]["validation"]["rows"] == 6
+    assert run.termination["evalLoss"] < run.termination["baseEvalLoss"]
+
+
+GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
+def _lines(*rows: Any) -> str:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("train", "validation", "file", "line", "needle"),
+    [
+        (_lines(GOOD, "{oops", GOOD), None, "train", 2, "not valid JSON"),
+        (
+            _lines(GOOD, {"messages": [{"role": "robot", "content": "x"}]}),
+            None,
+            "train",
+            2,
+            "role is 'robot'",
+        ),
+        (
+            _lines(
+                GOOD, {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": ""}]}
+            ),
+            None,
+            "train",
+            2,
+            "content is empty",
+        ),
+        (_lines(GOOD, {"text": "plain"}), None, "train", 2, "one format per dataset"),
+        (_lines({"question": "q", "answer": "a"}), None, "train", None, "no usable rows"),
+        (
+            _lines(
+                GOOD, {"messages": [{"role": "user", "content": "q3"}, {"role": "assistant", "content": "b"}]}
+            ),
+            _lines({"messages": [{"role": "user", "content": "q3"}, {"role": "assistant", "content": "b"}]}),
+            "validation",
+            1,
+            "same as train line 2",
+        ),
+        (
+            _lines(
+                GOOD,
+                {
+                    "messages": [
+                        {"role": "user", "content": "word " * 200},
+                        {"role": "assistant", "content": "x"},
+                    ]
+                },
+            ),
+            None,
+            "train",
+            2,
+            "nothing left to learn",
+        ),
+    ],
+    ids=["bad-json", "bad-role", "empty-content", "mixed-formats", "unknown-format", "overlap", "too-long"],
+)
+def test_bad_datasets_fail_validation_with_report(
+    tiny: dict[str, Any],
+    s3_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    train: str,
+    validation: str | None,
+    file: str,
+    line: int | None,
+    needle: str,
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train_uri = put_jsonl(client, bucket, "data/train.jsonl", train)
+    val_uri = put_jsonl(client, bucket, "data/val.jsonl", validation) if validation else None
+    config = base_config(bucket, tiny["model"], train_uri, val_uri, "bad")
+    config["dataset"]["validationSplit"] = "0"  # keep every row in train, where the case expects it
+    run = run_in_process(
+        "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch", monkeypatch
+    )
+    assert run.returncode == 42, run.stderr[-3000:]
+    assert run.termination["reason"] == "InvalidInput"
+    report = get_json(client, bucket, "bad/reports/validation.json")
+    assert report["valid"] is False
+    assert any(
+        e["file"] == file and e["line"] == line and needle in e["message"] for e in report["errors"]
+    ), report
+
+
+def test_missing_model_is_permanent(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(4))
+    missing = f"s3://{bucket}/data/missing.jsonl"
+    config = base_config(bucket, f"s3://{bucket}/models/nothing-here/", train, missing, "x")
+    run = run_in_process(
+        "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch", monkeypatch
+    )
+    assert run.returncode == 42
+    report = get_json(client, bucket, "x/reports/validation.json")
+    assert report["baseModel"]["loadable"] is False
+    assert any("is empty" in e["message"] for e in report["errors"])
+    assert any(e["file"] == "validation" and "cannot read" in e["message"] for e in report["errors"])
+
+
+def test_wrong_credentials_are_permanent(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(4))
+    config = base_config(bucket, tiny["model"], train, None, "x")
+    env = {**s3_env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    run = run_in_process(
+        "validate", write_config(tmp_path / "config.json", config), env, tmp_path / "scratch", monkeypatch
+    )
+    assert run.returncode == 42
+    assert run.termination["reason"] == "InvalidInput"
+    # The report could not be uploaded with these keys; the local copy says why.
+    report = json.loads((tmp_path / "scratch" / "reports" / "validation.json").read_text())
+    assert report["output"]["writable"] is False
+    assert "not-the-secret" not in json.dumps(report) + json.dumps(run.termination)
+
+
+def test_unreachable_s3_is_transient(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**s3_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens on the discard port
+    config = base_config("b", "s3://b/m/", "s3://b/t.jsonl", None, "x")
+    run = run_in_process(
+        "validate", write_config(tmp_path / "config.json", config), env, tmp_path / "scratch", monkeypatch
+    )
+    assert run.returncode == 75, run.stderr[-3000:]
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
+    val = put_jsonl(client, bucket, "data/val.jsonl", chat_rows(8, offset=500))
+
+    def config(out: str) -> Path:
+        cfg = base_config(bucket, tiny["model"], train, val, out)
+        cfg["checkpointing"] = {"everySteps": 3, "keep": 2}
+        return write_config(tmp_path / f"{out}.json", cfg)
+
+    reference = run_trainer("train", config("straight"), s3_env, tmp_path / "straight")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    total = reference.termination["totalSteps"]
+    assert reference.termination["step"] == total == 40
+
+    scratch = tmp_path / "first"
+    proc = start_trainer("train", config("resumed"), s3_env, scratch)
+    deadline = time.monotonic() + 180
+    while not any(k.endswith("/COMPLETE") for k in list_keys(client, bucket, "resumed/checkpoints/")):
+        assert proc.poll() is None, "trainer exited before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    first = finish(proc, scratch)
+    assert first.returncode == 76, first.stderr[-3000:]
+    assert first.termination["result"] == "Preempted"
+    saved = {
+        int(k.split("/")[2][5:])
+        for k in list_keys(client, bucket, "resumed/checkpoints/")
+        if k.endswith("COMPLETE")
+    }
+    stopped_at = max(saved)
+    assert 3 <= stopped_at < total
+
+    # A new pod: fresh scratch, same output URI.
+    second = run_trainer("train", config("resumed"), s3_env, tmp_path / "second")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.termination["resumedFromStep"] == stopped_at
+    assert second.termination["step"] == second.termination["totalSteps"] == total
+    assert f"resuming from checkpoint step {stopped_at}" in second.stderr
+    # The second pod did not redo the steps already saved ...
+    logged = [
+        json.loads(line.split("finetune_trainer.train: ", 1)[1])
+        for line in second.stderr.splitlines()
+        if "finetune_trainer.train: {" in line
+    ]
+    assert min(e["step"] for e in logged if "loss" in e) > stopped_at
+    # ... and the train log on S3 holds the whole history across both pods.
+    log = client.get_object(Bucket=bucket, Key="resumed/reports/train_log.jsonl")["Body"].read().decode()
+    assert min(json.loads(line)["step"] for line in log.splitlines() if '"loss"' in line) <= 3

@@ -1,0 +1,141 @@
+"""Entry point: `python -m finetune_trainer {validate|train} --config PATH`.
+
+Exit codes are the contract with the operator (see exitcodes.py). Heavy imports (torch,
+transformers) happen inside the steps so that `--help` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import exitcodes
+from .config import TrainerConfig, load_config
+from .exitcodes import InvalidInputError, TrainerError
+
+log = logging.getLogger("finetune_trainer")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="finetune_trainer", description=__doc__)
+    parser.add_argument("mode", choices=["validate", "train"])
+    parser.add_argument("--config", required=True, help="the JSON config the operator renders")
+    return parser.parse_args(argv)
+
+
+def _scratch() -> Path:
+    scratch = Path(os.environ.get("SCRATCH_DIR", "/scratch"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    return scratch
+
+
+def _offline_defaults() -> None:
+    # The image never reaches a model hub: everything comes from S3. Caches go to scratch
+    # because the root filesystem is read-only.
+    scratch = os.environ.get("SCRATCH_DIR", "/scratch")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HOME", f"{scratch}/hf")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # With a read-only root filesystem the temp dir must live in scratch and exist before use.
+    tmp = os.environ.get("TMPDIR")
+    if tmp and tmp.startswith(scratch):
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+
+
+def validate(cfg: TrainerConfig) -> dict[str, Any]:
+    """Validate-only mode: run every check, write reports/validation.json, fail with 42 if invalid."""
+    from .s3io import S3
+    from .validate import run_checks
+
+    s3 = S3(cfg.storage.endpoint, cfg.storage.region)
+    scratch = _scratch()
+    report, _ = run_checks(cfg, s3, scratch, full_model=False)
+    _write_validation(s3, cfg, scratch, report.as_dict())
+    if not report.valid:
+        raise InvalidInputError(report.summary())
+    return {"result": "Validated", "message": report.summary(), "warnings": len(report.warnings)}
+
+
+def _write_validation(s3: Any, cfg: TrainerConfig, scratch: Path, payload: dict[str, Any]) -> None:
+    from .outputs import write_report
+
+    try:
+        write_report(s3, cfg, "validation.json", payload, scratch)
+    except TrainerError as exc:
+        # An unwritable output is itself reported in the payload; keep the local copy.
+        log.warning("could not upload validation.json: %s", exc)
+
+
+def train(cfg: TrainerConfig) -> dict[str, Any]:
+    """Validate, then train (resuming from the last complete checkpoint), evaluate and publish."""
+    from . import train as training
+    from .metrics_server import create_metrics, serve
+    from .s3io import S3
+    from .validate import run_checks
+
+    preemption = training.Preemption()
+    preemption.install()
+    metrics = serve(create_metrics())
+    try:
+        s3 = S3(cfg.storage.endpoint, cfg.storage.region)
+        scratch = _scratch()
+        report, prepared = run_checks(cfg, s3, scratch, full_model=True)
+        _write_validation(s3, cfg, scratch, report.as_dict())
+        if prepared is None:
+            raise InvalidInputError(report.summary())
+        run = training.run_training(cfg, s3, scratch, prepared, metrics=metrics, preemption=preemption)
+        return training.publish(cfg, s3, scratch, prepared, run)
+    finally:
+        metrics.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _offline_defaults()
+    from .outputs import write_termination_message
+
+    args = _parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except (OSError, ValueError) as exc:
+        message = f"invalid config {args.config}: {exc}"
+        log.error("%s", message)
+        write_termination_message({"result": "Failed", "reason": "InvalidConfig", "message": message})
+        return exitcodes.INVALID_INPUT
+    try:
+        summary = validate(cfg) if args.mode == "validate" else train(cfg)
+    except TrainerError as exc:
+        log.error("%s: %s", exc.reason, exc)
+        result = "Preempted" if exc.exit_code == exitcodes.PREEMPTED else "Failed"
+        write_termination_message(
+            {"result": result, "reason": exc.reason, "exitCode": exc.exit_code, "message": str(exc)}
+        )
+        return exc.exit_code
+    except ValueError as exc:
+        # Our own checks raise ValueError with what to change: a permanent input problem.
+        log.error("invalid input: %s", exc)
+        write_termination_message({"result": "Failed", "reason": "InvalidInput", "message": str(exc)})
+        return exitcodes.INVALID_INPUT
+    except Exception as exc:
+        traceback.print_exc()
+        write_termination_message(
+            {"result": "Failed", "reason": "Crashed", "message": f"{type(exc).__name__}: {exc}"}
+        )
+        return 1
+    log.info("done: %s", summary)
+    write_termination_message(summary)
+    return exitcodes.SUCCESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

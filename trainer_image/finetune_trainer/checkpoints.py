@@ -1,0 +1,104 @@
+"""Checkpoints on S3: `checkpoints/step-N/` plus a `COMPLETE` marker written last.
+
+A checkpoint counts only once its marker exists: a pod killed halfway through an upload leaves
+a directory without a marker, which resume ignores and the next save prunes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .s3io import S3, S3Uri
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class CheckpointInfo:
+    step: int
+    complete: bool
+
+
+def checkpoints_prefix(output_prefix: str) -> S3Uri:
+    return S3Uri.parse(output_prefix).join("checkpoints/")
+
+
+def parse_listing(keys: list[str], prefix_key: str) -> list[CheckpointInfo]:
+    """Turn object keys under checkpoints/ into (step, complete) entries, sorted by step."""
+    steps: dict[int, bool] = {}
+    for key in keys:
+        rel = key[len(prefix_key) :]
+        head, _, rest = rel.partition("/")
+        match = _STEP_DIR.match(head)
+        if not match:
+            continue
+        step = int(match.group(1))
+        steps[step] = steps.get(step, False) or rest == MARKER
+    return sorted(CheckpointInfo(step, complete) for step, complete in steps.items())
+
+
+def latest_complete(checkpoints: list[CheckpointInfo]) -> int | None:
+    complete = [c.step for c in checkpoints if c.complete]
+    return max(complete) if complete else None
+
+
+def to_prune(checkpoints: list[CheckpointInfo], keep: int) -> list[int]:
+    """Steps to delete: complete ones beyond the newest `keep`, and every incomplete one.
+
+    Called only by the single writer right after it finished a save, so an incomplete
+    checkpoint is never one still being written.
+    """
+    complete = sorted((c.step for c in checkpoints if c.complete), reverse=True)
+    doomed = set(complete[keep:])
+    doomed.update(c.step for c in checkpoints if not c.complete)
+    return sorted(doomed)
+
+
+class CheckpointStore:
+    def __init__(self, s3: S3, output_prefix: str, keep: int) -> None:
+        self.s3 = s3
+        self.prefix = checkpoints_prefix(output_prefix)
+        self.keep = keep
+
+    def list(self) -> list[CheckpointInfo]:
+        return parse_listing(self.s3.list_keys(self.prefix), self.prefix.key)
+
+    def uri(self, step: int) -> S3Uri:
+        return self.prefix.join(f"step-{step}/")
+
+    def upload(self, local_dir: Path, step: int) -> S3Uri:
+        target = self.uri(step)
+        started = time.monotonic()
+        self.s3.upload_dir(local_dir, target)
+        files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+        marker = {
+            "step": step,
+            "files": files,
+            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.s3.put_bytes(target.join(MARKER), json.dumps(marker).encode(), "application/json")
+        log.info("checkpoint step %d uploaded to %s in %.1fs", step, target, time.monotonic() - started)
+        self.prune()
+        return target
+
+    def prune(self) -> None:
+        for step in to_prune(self.list(), self.keep):
+            log.info("pruning checkpoint step %d", step)
+            self.s3.delete_prefix(self.uri(step))
+
+    def download_latest(self, dest_root: Path) -> tuple[int, Path] | None:
+        step = latest_complete(self.list())
+        if step is None:
+            return None
+        dest = dest_root / f"checkpoint-{step}"
+        self.s3.download_prefix(self.uri(step), dest)
+        (dest / MARKER).unlink(missing_ok=True)
+        return step, dest

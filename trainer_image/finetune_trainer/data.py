@@ -1,0 +1,232 @@
+"""Datasets: JSONL parsing with line numbers, format detection, tokenization with loss masks.
+
+Three row formats, detected from the first valid row unless `dataset.format` says otherwise:
+
+- chat: ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``
+  (the OpenAI fine-tuning format; an assistant message may carry ``"weight": 0`` to be shown
+  but not trained on). Rendered with the model's chat template; loss on assistant turns only.
+- prompt_completion: ``{"prompt": ..., "completion": ...}``; loss on the completion only.
+- text: ``{"text": ...}``; loss on every token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Format = Literal["chat", "prompt_completion", "text"]
+IGNORE_INDEX = -100
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int  # 1-based line number in the source file
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Issue:
+    file: str
+    line: int | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "message": self.message}
+
+
+@dataclass
+class ParsedFile:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    errors: list[Issue] = field(default_factory=list)
+    blank_lines: int = 0
+
+
+def parse_jsonl(text: str, name: str) -> ParsedFile:
+    """Parse JSONL, keeping line numbers; blank lines are skipped (and counted)."""
+    parsed = ParsedFile(name)
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            parsed.blank_lines += 1
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            parsed.errors.append(Issue(name, number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        if not isinstance(value, dict):
+            parsed.errors.append(Issue(name, number, f"expected a JSON object, got {type(value).__name__}"))
+            continue
+        parsed.rows.append(Row(number, value))
+    return parsed
+
+
+def detect_format(row: dict[str, Any]) -> Format | None:
+    if "messages" in row:
+        return "chat"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def check_row(row: dict[str, Any], fmt: Format) -> str | None:
+    """Return what is wrong with the row for the format, or None if it is fine."""
+    found = detect_format(row)
+    if found is None:
+        return "no 'messages', 'prompt'+'completion' or 'text' key; use one of the three formats"
+    if found != fmt:
+        return f"row is in {found!r} format but the dataset is {fmt!r}; use one format per dataset"
+    if fmt == "chat":
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            return "'messages' is empty or not a list"
+        trained = 0
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                return f"messages[{i}] is not an object"
+            role = msg.get("role")
+            if role not in ROLES:
+                return f"messages[{i}].role is {role!r}; expected one of system, user, assistant"
+            if not _nonempty_str(msg.get("content")):
+                return f"messages[{i}].content is empty or not a string"
+            if msg.get("weight", 1) not in (0, 1):
+                return f"messages[{i}].weight must be 0 or 1"
+            if role == "assistant" and msg.get("weight", 1) == 1:
+                trained += 1
+        if trained == 0:
+            return "no assistant message to train on (add an assistant reply)"
+        return None
+    if fmt == "prompt_completion":
+        if not isinstance(row["prompt"], str):
+            return "'prompt' is not a string"
+        if not _nonempty_str(row["completion"]):
+            return "'completion' is empty or not a string"
+        return None
+    if not _nonempty_str(row["text"]):
+        return "'text' is empty or not a string"
+    return None
+
+
+def row_fingerprint(row: dict[str, Any], fmt: Format) -> str:
+    """A hash of what the model sees, ignoring whitespace and key order (for duplicates/overlap)."""
+    if fmt == "chat":
+        content: Any = [(m.get("role"), " ".join(str(m.get("content", "")).split())) for m in row["messages"]]
+    elif fmt == "prompt_completion":
+        content = [" ".join(row["prompt"].split()), " ".join(row["completion"].split())]
+    else:
+        content = " ".join(row["text"].split())
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+
+# --- tokenization -----------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int  # before truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+    @property
+    def trainable_tokens(self) -> int:
+        # The first label is never predicted (nothing precedes it), so it does not count.
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text: str = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=generation_prompt)
+    return text
+
+
+def _chat_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and find the character spans of trained assistant turns.
+
+    Templates differ, so instead of parsing one we render prefixes of the conversation: the
+    assistant turn i spans from the end of "messages[:i] + generation prompt" to the end of
+    "messages[:i+1]", which includes the template's end-of-turn token so the model learns to stop.
+    """
+    full = _render(tokenizer, messages, generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if full.startswith(before) and full.startswith(upto) and len(upto) > len(before):
+            spans.append((len(before), len(upto)))
+            cursor = len(upto)
+            continue
+        # Templates that rewrite earlier turns (e.g. dropping reasoning) break the prefix property:
+        # fall back to locating the reply text itself.
+        start = full.find(msg["content"], cursor)
+        if start < 0:
+            raise ValueError("the chat template drops assistant content; set dataset.format to 'text'")
+        cursor = start + len(msg["content"])
+        spans.append((start, cursor))
+    return full, spans
+
+
+def tokenize_row(row: dict[str, Any], fmt: Format, tokenizer: Any, max_length: int) -> Example:
+    if fmt == "chat":
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "the base model's tokenizer has no chat template; use prompt/completion rows instead"
+            )
+        text, spans = _chat_spans(tokenizer, row["messages"])
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        labels = [IGNORE_INDEX] * len(ids)
+        for t, (start, end) in enumerate(enc["offset_mapping"]):
+            if end <= start:
+                continue
+            if any(s <= start < e for s, e in spans):
+                labels[t] = ids[t]
+    elif fmt == "prompt_completion":
+        prompt_ids = list(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
+        completion_ids = list(tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
+        completion_ids.append(tokenizer.eos_token_id)
+        ids = prompt_ids + completion_ids
+        labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    else:
+        ids = list(tokenizer(row["text"], add_special_tokens=True)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+        labels = list(ids)
+    return Example(ids[:max_length], labels[:max_length], len(ids))
+
+
+def generation_prompt(row: dict[str, Any], fmt: Format, tokenizer: Any) -> tuple[str, str] | None:
+    """(prompt text, reference answer) for rows that end in an answer; None for plain text."""
+    if fmt == "chat":
+        messages = row["messages"]
+        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+            return None
+        return _render(tokenizer, messages[:-1], generation_prompt=True), str(messages[-1]["content"])
+    if fmt == "prompt_completion":
+        return str(row["prompt"]), str(row["completion"])
+    return None
+
+
+def generation_prompt_ids(row: dict[str, Any], fmt: Format, tokenizer: Any) -> tuple[list[int], str] | None:
+    pair = generation_prompt(row, fmt, tokenizer)
+    if pair is None:
+        return None
+    prompt, reference = pair
+    # Chat prompts already contain the template's special tokens; plain prompts get the
+    # tokenizer's own (as in training).
+    ids = tokenizer(prompt, add_special_tokens=fmt != "chat")["input_ids"]
+    return list(ids), reference

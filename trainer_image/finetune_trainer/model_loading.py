@@ -1,0 +1,184 @@
+"""Fetch the base model from S3 and load it: a Hugging Face directory or a single .gguf file.
+
+Safety: safetensors only (a directory holding only pickle weights is refused) and
+`trust_remote_code=False`: the trainer never executes code that came with a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exitcodes import InvalidInputError
+from .s3io import S3, S3Uri
+
+log = logging.getLogger(__name__)
+
+_MODEL_FILES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".gguf")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    directory: Path
+    gguf_file: str | None  # file name inside `directory` when the model is a GGUF
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def fetch_model(s3: S3, uri: str, dest: Path, weights: bool = True) -> LocalModel:
+    """Download the model (config + safetensors + tokenizer, or one .gguf) into dest.
+
+    With weights=False (validate-only, on a small CPU pod) the safetensors shards are not
+    downloaded; their headers are read with ranged GETs instead to prove they are readable.
+    """
+    src = S3Uri.parse(uri)
+    if src.key.endswith(".gguf"):
+        name = src.key.rsplit("/", 1)[-1]
+        target = dest / name
+        if not target.exists():
+            s3.download_file(src, target)
+        return LocalModel(dest, name)
+    prefix = S3Uri(src.bucket, src.key if src.key.endswith("/") or not src.key else src.key + "/")
+    keys = [k for k in s3.list_keys(prefix) if not k.endswith("/")]
+    if not keys:
+        raise InvalidInputError(f"baseModel.uri {uri} is empty: upload a Hugging Face model directory there")
+    names = {k[len(prefix.key) :] for k in keys}
+    if "config.json" not in names:
+        raise InvalidInputError(
+            f"baseModel.uri {uri} has no config.json: it must be a Hugging Face model directory"
+        )
+    if not any(n.endswith(".safetensors") for n in names):
+        raise InvalidInputError(
+            f"baseModel.uri {uri} has no .safetensors weights (pickle .bin weights are refused for safety); "
+            "convert the model to safetensors"
+        )
+    for key in keys:
+        rel = key[len(prefix.key) :]
+        if not rel.endswith(_MODEL_FILES):
+            continue
+        if not weights and rel.endswith(".safetensors"):
+            _check_safetensors_header(s3, S3Uri(prefix.bucket, key))
+            continue
+        target = dest / rel
+        if not target.exists():
+            s3.download_file(S3Uri(prefix.bucket, key), target)
+    return LocalModel(dest, None)
+
+
+def _check_safetensors_header(s3: S3, uri: S3Uri) -> None:
+    # Layout: 8-byte little-endian header length, then a JSON header describing the tensors.
+    head = s3.get_range(uri, 0, 7)
+    size = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if size <= 0 or size > 100 * 1024 * 1024:
+        raise InvalidInputError(f"{uri} is not a safetensors file (bad header length)")
+    try:
+        header = json.loads(s3.get_range(uri, 8, 8 + size - 1))
+    except ValueError as exc:
+        raise InvalidInputError(f"{uri} is not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{uri} is not a safetensors file (header is not an object)")
+
+
+def load_tokenizer(model: LocalModel) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model.directory), trust_remote_code=False, **model.kwargs)
+    except Exception as exc:
+        raise InvalidInputError(f"cannot load the tokenizer of the base model: {exc}") from exc
+    if tok.pad_token_id is None:
+        # Padding only happens for generation/eval batches; eos is the usual stand-in.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_loadable(model: LocalModel) -> dict[str, Any]:
+    """Cheap checks that the weights are readable without materialising the model."""
+    if model.gguf_file:
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(str(model.directory / model.gguf_file))
+        except Exception as exc:
+            raise InvalidInputError(f"{model.gguf_file} is not a readable GGUF file: {exc}") from exc
+        arch = reader.fields.get("general.architecture")
+        architecture = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else "unknown"
+        return {"format": "gguf", "architecture": architecture, "tensors": len(reader.tensors)}
+    from safetensors import safe_open
+
+    config = json.loads((model.directory / "config.json").read_text())
+    tensors = 0
+    # Shards absent locally were checked remotely by fetch_model(weights=False).
+    for path in sorted(model.directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="np") as handle:
+                tensors += len(list(handle.keys()))
+        except Exception as exc:
+            raise InvalidInputError(f"{path.name} is not a readable safetensors file: {exc}") from exc
+    return {
+        "format": "hf",
+        "architecture": (config.get("architectures") or ["unknown"])[0],
+        "tensors": tensors,
+    }
+
+
+def load_model(model: LocalModel, method: str, device: str) -> Any:
+    """Load the causal LM for training: bf16 + SDPA on GPU, float32 on CPU; 4-bit for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "attn_implementation": "sdpa", **model.kwargs}
+    if device == "cuda":
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = torch.float32
+    if method == "qlora":
+        if device != "cuda":
+            raise InvalidInputError(
+                "method.type 'qlora' needs a CUDA GPU (bitsandbytes 4-bit); use 'lora' to train on CPU"
+            )
+        if model.gguf_file:
+            raise InvalidInputError("QLoRA needs a Hugging Face safetensors model, not a GGUF file")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if not model.gguf_file:
+        kwargs["use_safetensors"] = True
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(str(model.directory), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot load the base model: {exc}") from exc
+    if model.gguf_file:
+        lm = _as_plain_model(lm)
+    if device == "cuda" and method != "qlora":
+        lm = lm.to("cuda")  # type: ignore[arg-type]
+    return lm
+
+
+def _as_plain_model(lm: Any) -> Any:
+    """Turn a GGUF-loaded model into an ordinary trainable one.
+
+    transformers dequantizes GGUF tensors to float on load but keeps its GGUF "quantizer"
+    attached, and Trainer refuses to train models that carry one. Once every parameter is a
+    float tensor the quantizer describes nothing, so it is dropped (checked, not assumed).
+    """
+    if not all(p.is_floating_point() for p in lm.parameters()):
+        raise InvalidInputError(
+            "this GGUF file loads as packed quantized blocks that cannot be trained; "
+            "use the model in Hugging Face safetensors format"
+        )
+    lm.hf_quantizer = None
+    lm.is_quantized = False
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    return lm

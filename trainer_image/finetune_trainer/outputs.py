@@ -1,0 +1,126 @@
+"""What the trainer leaves behind: adapter (or model), model card, sha256, reports, summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import TrainerConfig
+from .s3io import S3, S3Uri
+
+log = logging.getLogger(__name__)
+
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_report(s3: S3, cfg: TrainerConfig, name: str, payload: dict[str, Any], scratch: Path) -> S3Uri:
+    """reports/<name> on S3, with a local copy in scratch (kept when S3 is the problem)."""
+    body = json.dumps(payload, indent=2, sort_keys=False, default=str).encode()
+    local = scratch / "reports" / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(body)
+    uri = S3Uri.parse(cfg.output_prefix).join("reports", name)
+    s3.put_bytes(uri, body, "application/json")
+    return uri
+
+
+def model_card(cfg: TrainerConfig, dataset_sha256: str, metrics: dict[str, Any], weight_file: str) -> str:
+    hp = cfg.hyperparameters.model_dump(by_alias=True, mode="json")
+    method = cfg.method.model_dump(by_alias=True, mode="json")
+    base = cfg.base_model.uri
+    rows = "\n".join(
+        f"| {k} | {v} |" for k, v in metrics.items() if v is not None and not isinstance(v, dict)
+    )
+    return f"""---
+library_name: peft
+base_model: {base}
+tags: [finetune-operator, {cfg.method.type}]
+---
+# {cfg.job.namespace}/{cfg.job.name}
+
+Fine-tuned with finetune-operator ({cfg.method.type}) from `{base}`.
+
+- Dataset: `{cfg.dataset.train}` (sha256 of the rows used: `{dataset_sha256}`)
+- Validation: `{cfg.dataset.validation or f"{cfg.dataset.validation_split:g} of train"}`
+- Weights: `{weight_file}`
+
+## Method
+```json
+{json.dumps(method, indent=2)}
+```
+
+## Hyperparameters
+```json
+{json.dumps(hp, indent=2)}
+```
+
+## Metrics
+| metric | value |
+|---|---|
+{rows}
+
+## Use
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "<this directory>")
+```
+Serve with vLLM: `--enable-lora --lora-modules {cfg.job.name}=<this directory>`.
+"""
+
+
+def save_adapter(
+    model: Any,
+    tokenizer: Any,
+    cfg: TrainerConfig,
+    dest: Path,
+    *,
+    dataset_sha256: str,
+    metrics: dict[str, Any],
+) -> tuple[Path, str]:
+    """Save adapter (or the full model), tokenizer + chat template and model card; return weights + sha256."""
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    adapter_config = dest / "adapter_config.json"
+    if adapter_config.exists():
+        # The local scratch path means nothing to whoever loads the adapter; the S3 URI does.
+        conf = json.loads(adapter_config.read_text())
+        conf["base_model_name_or_path"] = cfg.base_model.uri
+        adapter_config.write_text(json.dumps(conf, indent=2))
+        weights = dest / "adapter_model.safetensors"
+    else:
+        weights = dest / "model.safetensors"
+        if not weights.exists():
+            weights = sorted(dest.glob("*.safetensors"))[0]
+    (dest / "README.md").write_text(model_card(cfg, dataset_sha256, metrics, weights.name))
+    return weights, sha256_file(weights)
+
+
+def write_termination_message(summary: dict[str, Any]) -> str:
+    """Write the summary (< 4 KiB) where Kubernetes reads the termination message."""
+    text = json.dumps(summary, separators=(",", ":"), default=str)
+    if len(text.encode()) > TERMINATION_LIMIT:
+        keep: dict[str, Any] = {
+            k: summary[k] for k in ("result", "reason", "message", "exitCode", "step") if k in summary
+        }
+        keep["message"] = str(keep.get("message", ""))[:2000]
+        keep["truncated"] = True
+        text = json.dumps(keep, separators=(",", ":"), default=str)
+    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        log.warning("cannot write the termination message to %s: %s", path, exc)
+    return text

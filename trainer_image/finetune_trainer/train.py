@@ -1,0 +1,523 @@
+"""Training: transformers `Trainer` + peft, with callbacks for S3 checkpoints, metrics and SIGTERM.
+
+The well-kept library path does the heavy lifting (optimizer, scheduler, gradient
+accumulation, exact resume of optimizer/scheduler/RNG/data position); this module adds what
+the operator contract needs around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from transformers import (
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
+
+from . import evaluate, outputs
+from .checkpoints import CheckpointStore
+from .config import TrainerConfig
+from .exitcodes import InvalidInputError, PreemptedError
+from .metrics_server import TrainerMetrics
+from .model_loading import load_model
+from .packing import PackingCollator, PaddingCollator, TokenCounter
+from .s3io import S3, S3Uri
+from .validate import Prepared
+
+log = logging.getLogger(__name__)
+
+
+class Preemption:
+    """Set by SIGTERM; the training loop saves a checkpoint and stops at the next step end."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM received: saving a checkpoint and exiting")
+        self.event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+# --- model preparation ---------------------------------------------------------------------
+
+
+def apply_method(model: Any, cfg: TrainerConfig) -> Any:
+    """Wrap the base model for the chosen method (LoRA adapters, QLoRA, or all weights)."""
+    # Training never uses the KV cache; with a cache object present transformers would also skip
+    # the packed-sequence mask (see packing.py), letting packed examples see each other.
+    model.config.use_cache = False
+    if cfg.method.type == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method.type == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)  # type: ignore[no-untyped-call]
+    lora = cfg.method.lora
+    targets: str | list[str] = (
+        "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    )
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        use_rslora=lora.rs_lora,
+    )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as exc:
+        raise InvalidInputError(f"method.lora.targetModules does not match the model: {exc}") from exc
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The transformer blocks, in order (the longest ModuleList of the model)."""
+    best: list[torch.nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            best = list(module)
+    return best
+
+
+def unfrozen_layer_count(epoch: float, total_epochs: float, n_layers: int) -> int:
+    """Gradual unfreezing: epoch e of E trains the top ceil((e+1)/E * n) layers."""
+    groups = max(1, math.ceil(total_epochs))
+    stage = min(groups - 1, int(epoch))
+    return max(1, math.ceil((stage + 1) / groups * n_layers))
+
+
+# --- callbacks -----------------------------------------------------------------------------
+
+
+class ContractCallback(TrainerCallback):
+    """Metrics, train log, S3 checkpoints, SIGTERM, early stopping, gradual unfreezing."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        store: CheckpointStore,
+        metrics: TrainerMetrics,
+        preemption: Preemption,
+        *,
+        n_train: int,
+        log_sink: list[dict[str, Any]],
+        s3: S3,
+        layers: list[torch.nn.Module] | None,
+        counter: TokenCounter,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.preemption = preemption
+        self.n_train = n_train
+        self.log_sink = log_sink
+        self.s3 = s3
+        self.layers = layers
+        self.best_eval: float | None = None
+        self.bad_evals = 0
+        self.early_stopped = False
+        self._last_time = time.monotonic()
+        self._last_tokens = 0
+        self._unfrozen = -1
+        # Non-padding tokens come from the collator's counter; eval batches go through the same
+        # collator, so what they add is dropped again in on_evaluate.
+        self.counter = counter
+        self._token_base = 0
+        self._counted = 0
+
+    def on_train_begin(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.metrics.total_steps.set(state.max_steps)
+        self.metrics.step.set(state.global_step)
+        self._token_base = state.num_input_tokens_seen  # restored from the checkpoint on resume
+        self._counted = self.counter.tokens
+        self._last_tokens = state.num_input_tokens_seen
+        self._last_time = time.monotonic()
+        # Early-stopping state is rebuilt from the restored log history, so it survives a resume.
+        for entry in state.log_history:
+            if "eval_loss" in entry:
+                self._observe_eval(float(entry["eval_loss"]))
+
+    def on_step_begin(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if not self.layers:
+            return
+        count = unfrozen_layer_count(state.epoch or 0.0, self.cfg.hyperparameters.epochs, len(self.layers))
+        if count == self._unfrozen:
+            return
+        # Frozen params keep requires_grad=False, so they get no gradient and AdamW skips them;
+        # the optimizer was built before this first ran, so it already holds every parameter.
+        for i, layer in enumerate(self.layers):
+            trainable = i >= len(self.layers) - count
+            for param in layer.parameters():
+                param.requires_grad_(trainable)
+        log.info("gradual unfreezing: training the top %d of %d layers", count, len(self.layers))
+        self._unfrozen = count
+
+    def on_step_end(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._token_base += self.counter.tokens - self._counted
+        self._counted = self.counter.tokens
+        state.num_input_tokens_seen = self._token_base
+        self.metrics.step.set(state.global_step)
+        self.metrics.epoch.set(state.epoch or 0.0)
+        self.metrics.samples.set(round((state.epoch or 0.0) * self.n_train))
+        self.metrics.tokens.set(state.num_input_tokens_seen)
+        now = time.monotonic()
+        if now - self._last_time >= 1.0:
+            rate = (state.num_input_tokens_seen - self._last_tokens) / (now - self._last_time)
+            self.metrics.tokens_per_second.set(rate)
+            self._last_time, self._last_tokens = now, state.num_input_tokens_seen
+        if state.global_step >= state.max_steps:
+            # A final checkpoint lets a pod that dies during evaluation or upload skip retraining.
+            control.should_save = True
+        if self.preemption.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(
+        self,
+        args: Any,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        if not logs:
+            return
+        entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        self.log_sink.append(entry)
+        if "loss" in logs:
+            self.metrics.train_loss.set(float(logs["loss"]))
+        if "eval_loss" in logs:
+            self.metrics.eval_loss.set(float(logs["eval_loss"]))
+        log.info("%s", json.dumps(entry))
+
+    def _observe_eval(self, loss: float) -> None:
+        if self.best_eval is None or loss < self.best_eval - 1e-4:
+            self.best_eval, self.bad_evals = loss, 0
+        else:
+            self.bad_evals += 1
+
+    def on_evaluate(
+        self,
+        args: Any,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        self._counted = self.counter.tokens
+        if not metrics or "eval_loss" not in metrics:
+            return
+        self._observe_eval(float(metrics["eval_loss"]))
+        patience = self.cfg.hyperparameters.early_stopping.patience
+        if patience and self.bad_evals >= patience:
+            log.info("early stopping: validation loss has not improved for %d evaluations", self.bad_evals)
+            self.early_stopped = True
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_save(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.store.upload(local, state.global_step)
+        # The whole history (restored on resume), not just this pod's part.
+        train_log = "\n".join(json.dumps(e, default=str) for e in state.log_history).encode()
+        self.s3.put_bytes(S3Uri.parse(self.cfg.output_prefix).join("reports/train_log.jsonl"), train_log)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int) -> int:
+    return max(1, math.ceil(math.ceil(n_train / batch_size) / grad_accum))
+
+
+def training_arguments(cfg: TrainerConfig, scratch: Path, device: str, n_train: int, has_eval: bool) -> Any:
+    hp = cfg.hyperparameters
+    per_epoch = steps_per_epoch(n_train, hp.batch_size, hp.gradient_accumulation_steps)
+    total = math.ceil(per_epoch * hp.epochs)
+    # Two evaluations per epoch: often enough for early stopping to act, cheap next to training.
+    eval_steps = max(1, per_epoch // 2)
+    return TrainingArguments(
+        output_dir=str(scratch / "checkpoints"),
+        num_train_epochs=hp.epochs,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=math.ceil(hp.warmup_ratio * total),
+        weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        logging_strategy="steps",
+        logging_steps=max(1, min(10, total // 20)),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.checkpointing.every_steps,
+        # S3 keeps `keep` checkpoints; locally the last one is enough (scratch is small).
+        save_total_limit=1,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        # Counted by our collators (real tokens only) and stored in the state by the callback.
+        include_num_input_tokens_seen="no",
+        prediction_loss_only=True,
+        gradient_checkpointing=cfg.method.type == "qlora",
+    )
+
+
+def run_training(
+    cfg: TrainerConfig,
+    s3: S3,
+    scratch: Path,
+    prepared: Prepared,
+    *,
+    metrics: TrainerMetrics,
+    preemption: Preemption,
+) -> dict[str, Any]:
+    hp = cfg.hyperparameters
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    set_seed(hp.seed)
+    log.info("loading base model %s on %s", cfg.base_model.uri, device)
+    model = apply_method(load_model(prepared.model, cfg.method.type, device), cfg)
+    if preemption.requested:
+        raise PreemptedError("SIGTERM before training started; nothing to save")
+    tokenizer = prepared.tokenizer
+
+    store = CheckpointStore(s3, cfg.output_prefix, cfg.checkpointing.keep)
+    resume = store.download_latest(scratch / "resume")
+    if resume:
+        log.info("resuming from checkpoint step %d", resume[0])
+
+    base_full: dict[str, Any] | None = None
+    if cfg.method.type == "full":
+        # Full fine-tunes overwrite the base weights, so the base is measured before training
+        # (once: the numbers are kept on S3 for restarts).
+        base_full = _base_eval_before_training(cfg, s3, model, tokenizer, prepared)
+
+    def features(examples: list[Any]) -> list[dict[str, list[int]]]:
+        return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+    counter = TokenCounter()
+    collator: Any = (
+        PackingCollator(counter, pad_token_id=tokenizer.pad_token_id)
+        if hp.packing
+        else PaddingCollator(tokenizer.pad_token_id, counter)
+    )
+    args = training_arguments(cfg, scratch, device, len(prepared.train_examples), bool(prepared.val_examples))
+    log_sink: list[dict[str, Any]] = []
+    layers = decoder_layers(model) if hp.gradual_unfreezing else None
+    callback = ContractCallback(
+        cfg,
+        store,
+        metrics,
+        preemption,
+        n_train=len(prepared.train_examples),
+        log_sink=log_sink,
+        s3=s3,
+        layers=layers,
+        counter=counter,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=features(prepared.train_examples),
+        eval_dataset=features(prepared.val_examples) or None,
+        data_collator=collator,
+        callbacks=[callback],
+    )
+    # Our callback logs each entry as JSON; the stock printer would repeat it on stdout.
+    trainer.remove_callback(PrinterCallback)
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+    train_seconds = time.monotonic() - started
+    state = trainer.state
+    if preemption.requested and state.global_step < state.max_steps:
+        raise PreemptedError(f"preempted at step {state.global_step} of {state.max_steps}; checkpoint saved")
+
+    log.info("training done at step %d; evaluating", state.global_step)
+    eval_report = _final_eval(cfg, model, tokenizer, prepared, base_full)
+    train_losses = [e["loss"] for e in state.log_history if "loss" in e]
+    trained_tokens = state.num_input_tokens_seen
+    summary_metrics = {
+        "trainLoss": round(float(train_losses[-1]), 4) if train_losses else None,
+        "evalLoss": eval_report["validation"].get("tunedLoss"),
+        "baseEvalLoss": eval_report["validation"].get("baseLoss"),
+        "exactMatch": _em(eval_report, "tuned"),
+        "baseExactMatch": _em(eval_report, "base"),
+        "tokensPerSecond": round(float(result.metrics.get("train_tokens_per_second", 0.0) or 0.0), 1)
+        or (round(trained_tokens / train_seconds, 1) if train_seconds > 0 else None),
+        "msPerToken": eval_report.get("latency", {}).get("tunedMsPerToken"),
+    }
+    return {
+        "state": state,
+        "model": model,
+        "eval": eval_report,
+        "metrics": summary_metrics,
+        "earlyStopped": callback.early_stopped,
+        "resumedFromStep": resume[0] if resume else None,
+        "trainSeconds": round(train_seconds, 1),
+        "log": log_sink,
+    }
+
+
+def _em(report: dict[str, Any], which: str) -> float | None:
+    for section in ("heldout", "validation"):
+        value = report.get("exactMatch", {}).get(section, {}).get(which, {}).get("exactMatch")
+        if value is not None:
+            return float(value)
+    return None
+
+
+def _eval_model(
+    cfg: TrainerConfig,
+    model: Any,
+    tokenizer: Any,
+    prepared: Prepared,
+    sets: dict[str, list[tuple[list[int], str]]],
+) -> dict[str, Any]:
+    pad = tokenizer.pad_token_id
+    out: dict[str, Any] = {"loss": evaluate.eval_loss(model, prepared.val_examples, pad)}
+    model.config.use_cache = True
+    try:
+        for name, pairs in sets.items():
+            out[name] = evaluate.exact_match(model, tokenizer, pairs, cfg.eval.max_new_tokens)
+    finally:
+        model.config.use_cache = False
+    return out
+
+
+def _reference_sets(cfg: TrainerConfig, prepared: Prepared) -> dict[str, list[tuple[list[int], str]]]:
+    """Rows scored by exact match: the held-out set when one is given, else validation.
+
+    Greedy generation is the slowest part of the evaluation on CPU, so only one set is scored.
+    """
+    limit = cfg.eval.max_examples
+    tok = prepared.tokenizer
+    if prepared.eval_rows:
+        return {"heldout": evaluate.reference_prompts(prepared.eval_rows, prepared.fmt, tok, limit)}
+    return {"validation": evaluate.reference_prompts(prepared.val_rows, prepared.fmt, tok, limit)}
+
+
+def _base_eval_before_training(
+    cfg: TrainerConfig, s3: S3, model: Any, tokenizer: Any, prepared: Prepared
+) -> dict[str, Any]:
+    uri = S3Uri.parse(cfg.output_prefix).join("reports/base_eval.json")
+    if s3.exists(uri):
+        cached: dict[str, Any] = json.loads(s3.get_bytes(uri))
+        return cached
+    result = _eval_model(cfg, model, tokenizer, prepared, _reference_sets(cfg, prepared))
+    s3.put_bytes(uri, json.dumps(result).encode(), "application/json")
+    return result
+
+
+def _final_eval(
+    cfg: TrainerConfig, model: Any, tokenizer: Any, prepared: Prepared, base_full: dict[str, Any] | None
+) -> dict[str, Any]:
+    sets = _reference_sets(cfg, prepared)
+    tuned = _eval_model(cfg, model, tokenizer, prepared, sets)
+    if base_full is not None:
+        base = base_full
+    else:
+        # Same rows, same code, adapter switched off: the base model exactly as it was loaded.
+        with model.disable_adapter():
+            base = _eval_model(cfg, model, tokenizer, prepared, sets)
+    report: dict[str, Any] = {
+        "validation": {
+            "rows": len(prepared.val_examples),
+            "tunedLoss": _round(tuned["loss"]),
+            "baseLoss": _round(base["loss"]),
+        },
+        "exactMatch": {name: {"tuned": tuned.get(name), "base": base.get(name)} for name in sets},
+        "matchRule": evaluate.MATCH_RULE,
+        "latency": {
+            "unit": "ms per generated token (greedy, batched, per decoding step)",
+            "tunedMsPerToken": _first_latency(tuned, sets),
+            "baseMsPerToken": _first_latency(base, sets),
+        },
+    }
+    return report
+
+
+def _first_latency(result: dict[str, Any], sets: dict[str, Any]) -> float | None:
+    for name in sets:
+        value = (result.get(name) or {}).get("msPerToken")
+        if value is not None:
+            return float(value)
+    return None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def publish(
+    cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: dict[str, Any]
+) -> dict[str, Any]:
+    """Upload adapter (or model), sha256, eval.json and result.json; return the summary."""
+    folder = "model" if cfg.method.type == "full" else "adapter"
+    local = scratch / "output" / folder
+    weights, digest = outputs.save_adapter(
+        run["model"],
+        prepared.tokenizer,
+        cfg,
+        local,
+        dataset_sha256=prepared.dataset_sha256,
+        metrics=run["metrics"],
+    )
+    out = S3Uri.parse(cfg.output_prefix)
+    s3.upload_dir(local, out.join(folder + "/"))
+    s3.put_bytes(out.join(f"{folder}.sha256"), f"{digest}  {weights.name}\n".encode(), "text/plain")
+    outputs.write_report(s3, cfg, "eval.json", run["eval"], scratch)
+    train_log = "\n".join(json.dumps(e, default=str) for e in run["state"].log_history).encode()
+    s3.put_bytes(out.join("reports/train_log.jsonl"), train_log, "application/x-ndjson")
+    state = run["state"]
+    summary = {
+        "result": "Succeeded",
+        "step": state.global_step,
+        "totalSteps": state.max_steps,
+        "epoch": round(state.epoch or 0.0, 3),
+        **run["metrics"],
+        "earlyStopped": run["earlyStopped"],
+        "resumedFromStep": run["resumedFromStep"],
+        "trainSeconds": run["trainSeconds"],
+        "adapterURI": str(out.join(folder + "/")),
+        "sha256": digest,
+        "reportURI": str(out.join("reports/result.json")),
+    }
+    result = {
+        **summary,
+        "job": cfg.job.model_dump(by_alias=True),
+        "method": cfg.method.model_dump(by_alias=True, mode="json"),
+        "hyperparameters": cfg.hyperparameters.model_dump(by_alias=True, mode="json"),
+        "datasetSha256": prepared.dataset_sha256,
+        "eval": run["eval"],
+    }
+    outputs.write_report(s3, cfg, "result.json", result, scratch)
+    return summary

@@ -1,0 +1,308 @@
+"""Validate-only mode: everything that can be checked on a CPU before a GPU is held.
+
+Errors (the job cannot succeed as given; exit 42): JSON/schema errors with line numbers,
+empty rows, mixed formats, train/validation overlap, rows left with nothing to learn after
+truncation to maxSeqLength, an unloadable base model, an unwritable output location.
+Warnings (reported, training goes on): duplicated rows (dropped before training), truncated rows.
+The same checks run at the start of `train`, so a job that skipped validation fails the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import data
+from .config import TrainerConfig
+from .exitcodes import InvalidInputError
+from .model_loading import LocalModel, check_loadable, fetch_model, load_tokenizer
+from .s3io import S3, S3Uri
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 50  # issues listed per kind in the report; the counts are always complete
+
+
+@dataclass
+class Prepared:
+    """What training needs after validation: the rows, their tokens and the tokenizer."""
+
+    fmt: data.Format
+    tokenizer: Any
+    model: LocalModel
+    train_rows: list[data.Row]
+    val_rows: list[data.Row]
+    train_examples: list[data.Example]
+    val_examples: list[data.Example]
+    eval_rows: list[data.Row] = field(default_factory=list)
+    dataset_sha256: str = ""
+
+
+@dataclass
+class Report:
+    errors: list[data.Issue] = field(default_factory=list)
+    warnings: list[data.Issue] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "errorCount": len(self.errors),
+            "warningCount": len(self.warnings),
+            "errors": [e.as_dict() for e in self.errors[:MAX_LISTED]],
+            "warnings": [w.as_dict() for w in self.warnings[:MAX_LISTED]],
+            **self.info,
+        }
+
+    def summary(self) -> str:
+        if self.valid:
+            return "dataset, base model and output location are valid"
+        first = self.errors[0]
+        where = f"{first.file}:{first.line}" if first.line else first.file
+        more = (
+            f" (and {len(self.errors) - 1} more errors, see reports/validation.json)"
+            if len(self.errors) > 1
+            else ""
+        )
+        return f"invalid input: {where}: {first.message}{more}"
+
+
+def _length_stats(examples: list[data.Example], max_len: int) -> dict[str, Any]:
+    if not examples:
+        return {"rows": 0}
+    lengths = sorted(e.full_length for e in examples)
+    return {
+        "rows": len(examples),
+        "minTokens": lengths[0],
+        "meanTokens": round(statistics.fmean(lengths), 1),
+        "p50Tokens": lengths[len(lengths) // 2],
+        "p95Tokens": lengths[min(len(lengths) - 1, int(len(lengths) * 0.95))],
+        "maxTokens": lengths[-1],
+        "totalTokens": sum(len(e.input_ids) for e in examples),
+        "trainableTokens": sum(e.trainable_tokens for e in examples),
+        "truncatedRows": sum(1 for e in examples if e.full_length > max_len),
+    }
+
+
+def _load_file(s3: S3, uri: str, name: str, report: Report) -> data.ParsedFile:
+    try:
+        raw = s3.get_bytes(S3Uri.parse(uri))
+    except InvalidInputError as exc:
+        # A missing file or bucket belongs in the report, next to every other problem.
+        report.errors.append(data.Issue(name, None, f"cannot read {uri}: {exc}"))
+        return data.ParsedFile(name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.errors.append(
+            data.Issue(name, None, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")
+        )
+        return data.ParsedFile(name)
+    parsed = data.parse_jsonl(text, name)
+    report.errors.extend(parsed.errors)
+    return parsed
+
+
+def _check_rows(parsed: data.ParsedFile, fmt: data.Format, report: Report) -> list[data.Row]:
+    good = []
+    for row in parsed.rows:
+        problem = data.check_row(row.data, fmt)
+        if problem is None:
+            good.append(row)
+        else:
+            report.errors.append(data.Issue(parsed.name, row.line, problem))
+    return good
+
+
+def _dedupe(rows: list[data.Row], fmt: data.Format, name: str, report: Report) -> list[data.Row]:
+    seen: dict[str, int] = {}
+    kept = []
+    duplicates = 0
+    for row in rows:
+        key = data.row_fingerprint(row.data, fmt)
+        if key in seen:
+            duplicates += 1
+            report.warnings.append(
+                data.Issue(
+                    name, row.line, f"duplicate of line {seen[key]}; dropped (remove it from the file)"
+                )
+            )
+            continue
+        seen[key] = row.line
+        kept.append(row)
+    report.info.setdefault("duplicates", {})[name] = duplicates
+    return kept
+
+
+def _tokenize(
+    rows: list[data.Row], fmt: data.Format, tokenizer: Any, *, max_len: int, name: str, report: Report
+) -> list[data.Example]:
+    examples = []
+    for row in rows:
+        try:
+            example = data.tokenize_row(row.data, fmt, tokenizer, max_len)
+        except ValueError as exc:
+            report.errors.append(data.Issue(name, row.line, str(exc)))
+            continue
+        if example.trainable_tokens == 0:
+            report.errors.append(
+                data.Issue(
+                    name,
+                    row.line,
+                    f"nothing left to learn after truncation to maxSeqLength={max_len} "
+                    f"({example.full_length} tokens); shorten the prompt or raise maxSeqLength",
+                )
+            )
+        elif example.truncated:
+            report.warnings.append(
+                data.Issue(
+                    name, row.line, f"{example.full_length} tokens, truncated to maxSeqLength={max_len}"
+                )
+            )
+        examples.append(example)
+    return examples
+
+
+def split_validation(
+    rows: list[data.Row], fraction: float, seed: int
+) -> tuple[list[data.Row], list[data.Row]]:
+    """Deterministic split (same seed, same rows → same split, also after a restart)."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)  # noqa: S311  (a reproducible split, not a secret)
+    n_val = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    val_idx = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val_idx], [
+        r for i, r in enumerate(rows) if i in val_idx
+    ]
+
+
+def check_output_writable(s3: S3, cfg: TrainerConfig, report: Report) -> None:
+    probe = S3Uri.parse(cfg.output_prefix).join("reports/.write-probe")
+    try:
+        s3.put_bytes(probe, b"probe")
+        s3.delete(probe)
+        report.info["output"] = {"uri": cfg.output.uri, "writable": True}
+    except InvalidInputError as exc:
+        report.info["output"] = {"uri": cfg.output.uri, "writable": False}
+        report.errors.append(data.Issue("output", None, f"output.uri is not writable: {exc}"))
+
+
+def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> tuple[Report, Prepared | None]:
+    """All checks; returns the report and, when valid, the prepared data for training."""
+    report = Report()
+    hp = cfg.hyperparameters
+    check_output_writable(s3, cfg, report)
+
+    model: LocalModel | None = None
+    tokenizer: Any = None
+    try:
+        model = fetch_model(s3, cfg.base_model.uri, scratch / "model", weights=full_model)
+        report.info["baseModel"] = {"uri": cfg.base_model.uri, "loadable": True, **check_loadable(model)}
+        tokenizer = load_tokenizer(model)
+    except InvalidInputError as exc:
+        # Keep going: the dataset checks below still tell the user everything else to fix.
+        report.info["baseModel"] = {"uri": cfg.base_model.uri, "loadable": False}
+        report.errors.append(data.Issue("baseModel", None, str(exc)))
+
+    train_file = _load_file(s3, cfg.dataset.train, "train", report)
+    val_file = (
+        _load_file(s3, cfg.dataset.validation, "validation", report) if cfg.dataset.validation else None
+    )
+    first = next((r for r in train_file.rows if data.detect_format(r.data)), None)
+    fmt: data.Format | None = (
+        cfg.dataset.format
+        if cfg.dataset.format != "auto"
+        else (data.detect_format(first.data) if first else None)
+    )
+    report.info["format"] = fmt
+    if fmt is None:
+        report.errors.append(
+            data.Issue(
+                "train",
+                None,
+                "no usable rows: expected JSONL with 'messages', 'prompt'+'completion' or 'text'",
+            )
+        )
+        return report, None
+
+    train_rows = _dedupe(_check_rows(train_file, fmt, report), fmt, "train", report)
+    if val_file is not None:
+        val_rows = _dedupe(_check_rows(val_file, fmt, report), fmt, "validation", report)
+        train_keys = {data.row_fingerprint(r.data, fmt): r.line for r in train_rows}
+        overlap = [r for r in val_rows if data.row_fingerprint(r.data, fmt) in train_keys]
+        for row in overlap:
+            key = data.row_fingerprint(row.data, fmt)
+            report.errors.append(
+                data.Issue(
+                    "validation",
+                    row.line,
+                    f"same as train line {train_keys[key]}: validation rows must not appear in train "
+                    "(the validation loss would be meaningless); remove it from one of the files",
+                )
+            )
+        report.info["overlap"] = len(overlap)
+    else:
+        train_rows, val_rows = split_validation(train_rows, cfg.dataset.validation_split, hp.seed)
+        report.info["overlap"] = 0
+    if not train_rows:
+        report.errors.append(data.Issue("train", None, "no valid training rows"))
+
+    if model is None or tokenizer is None:
+        return report, None  # token statistics need the model's tokenizer
+    train_examples = _tokenize(
+        train_rows, fmt, tokenizer, max_len=hp.max_seq_length, name="train", report=report
+    )
+    val_examples = _tokenize(
+        val_rows, fmt, tokenizer, max_len=hp.max_seq_length, name="validation", report=report
+    )
+    report.info["files"] = {
+        "train": {
+            "uri": cfg.dataset.train,
+            "rows": len(train_file.rows),
+            "blankLines": train_file.blank_lines,
+        },
+        "validation": (
+            {"uri": cfg.dataset.validation, "rows": len(val_file.rows), "blankLines": val_file.blank_lines}
+            if val_file
+            else {"splitFrom": "train", "fraction": cfg.dataset.validation_split, "rows": len(val_rows)}
+        ),
+    }
+    report.info["tokens"] = {
+        "maxSeqLength": hp.max_seq_length,
+        "train": _length_stats(train_examples, hp.max_seq_length),
+        "validation": _length_stats(val_examples, hp.max_seq_length),
+    }
+
+    eval_rows: list[data.Row] = []
+    if cfg.eval.dataset:
+        eval_file = _load_file(s3, cfg.eval.dataset, "eval", report)
+        eval_rows = _check_rows(eval_file, fmt, report)
+
+    if not report.valid:
+        return report, None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for row in train_rows + val_rows:
+        digest.update(data.row_fingerprint(row.data, fmt).encode())
+    return report, Prepared(
+        fmt=fmt,
+        tokenizer=tokenizer,
+        model=model,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        train_examples=train_examples,
+        val_examples=val_examples,
+        eval_rows=eval_rows,
+        dataset_sha256=digest.hexdigest(),
+    )
