@@ -20,7 +20,7 @@ from finetune_trainer.config import TrainerConfig
 
 from . import names
 from .api import API_VERSION, KIND, FineTuneJobSpec
-from .api.spec import DatasetFormat, LRScheduler
+from .api.spec import DatasetFormat
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -51,9 +51,6 @@ RUN_AS_USER: Final = 1000
 EXIT_INVALID_INPUT: Final = 42
 EXIT_TRANSIENT: Final = 75
 EXIT_PREEMPTED: Final = 76
-
-# Keys the API server owns; the rendered TrainerConfig does not name lr schedulers it lacks.
-_TRAINER_SCHEDULERS: Final = {"linear", "cosine", "constant", "constant_with_warmup"}
 
 
 @dataclass(frozen=True)
@@ -98,13 +95,6 @@ def validation_hash(spec: FineTuneJobSpec) -> str:
 def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings) -> TrainerConfig:
     """Render the spec into the trainer's config model; ValueError if the trainer cannot express it."""
     hp = spec.hyperparameters
-    scheduler = hp.lr_scheduler.transformers_name
-    if scheduler not in _TRAINER_SCHEDULERS:
-        supported = ", ".join(s.value for s in LRScheduler if s.transformers_name in _TRAINER_SCHEDULERS)
-        raise ValueError(
-            f"hyperparameters.lrScheduler {hp.lr_scheduler.value} is not supported by this trainer "
-            f"image; use one of {supported}"
-        )
     dataset: JSON = {
         "train": spec.dataset.train,
         "format": "prompt_completion"
@@ -119,15 +109,17 @@ def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
     hyper: JSON = {
         "epochs": hp.epochs,
         "learningRate": hp.learning_rate,
-        "lrScheduler": scheduler,
+        "lrScheduler": hp.lr_scheduler.transformers_name,
         "warmupRatio": hp.warmup_ratio,
         "weightDecay": hp.weight_decay,
+        "maxGradNorm": hp.max_grad_norm,
         "batchSize": hp.batch_size,
         "gradientAccumulationSteps": hp.gradient_accumulation_steps,
         "maxSeqLength": hp.max_seq_length,
         "packing": hp.packing,
         "seed": hp.seed,
         "earlyStopping": {"patience": hp.early_stopping.patience if hp.early_stopping else 0},
+        "gradualUnfreezing": hp.gradual_unfreezing,
     }
     if hp.max_steps is not None:
         hyper["maxSteps"] = hp.max_steps
@@ -139,6 +131,7 @@ def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
             "alpha": lora.alpha,
             "dropout": lora.dropout,
             "targetModules": list(lora.target_modules),
+            "rsLora": lora.rs_lora,
         }
     doc: JSON = {
         "baseModel": {"uri": spec.base_model.uri},
@@ -153,6 +146,9 @@ def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
         "checkpointing": {"everySteps": spec.checkpointing.every_steps, "keep": spec.checkpointing.keep},
         "job": {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid},
     }
+    if spec.dataset.test is not None:
+        # The held-out test set: scored for exact match at the end, never trained on.
+        doc["eval"] = {"dataset": spec.dataset.test}
     return TrainerConfig.model_validate(doc)
 
 

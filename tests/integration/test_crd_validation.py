@@ -176,6 +176,7 @@ INVALID = [
     Case("warmup-negative", {HP + "warmupRatio": "-0.1"}, HP + "warmupRatio", ("should match",)),
     Case("warmup-one", {HP + "warmupRatio": "1"}, HP + "warmupRatio", ("[0, 1)",)),
     Case("weight-decay-big", {HP + "weightDecay": "2"}, HP + "weightDecay", ("[0, 1]",)),
+    Case("grad-norm-zero", {HP + "maxGradNorm": "0.0"}, HP + "maxGradNorm", ("greater than 0",)),
     Case("dropout-one", {LORA: {"dropout": "1.0"}}, LORA + ".dropout", ("[0, 1)",)),
     Case(
         "split-too-big",
@@ -252,6 +253,30 @@ INVALID = [
     Case("multi-node-cpu", {RES + "nodes": 2, RES + "gpus": 0}, RES + "gpus", ("nodes",)),
     Case("gpu-type-cpu", {RES + "gpuType": "NVIDIA-A100", RES + "gpus": 0}, RES + "gpuType", ("gpus",)),
     Case("output-holds-dataset", {S + "output.uri": "s3://datasets/demo/"}, "spec.output.uri", ("dataset",)),
+    Case(
+        "test-is-train",
+        {S + "dataset.test": "s3://datasets/demo/train.jsonl"},
+        "spec.dataset.test",
+        ("must differ",),
+    ),
+    Case(
+        "test-is-validation",
+        {S + "dataset.test": "s3://datasets/demo/val.jsonl"},
+        "spec.dataset.test",
+        ("must differ",),
+    ),
+    Case(
+        "output-holds-test",
+        {S + "dataset.test": "s3://adapters/demo/smollm2-facts/test.jsonl"},
+        "spec.output.uri",
+        ("dataset.test",),
+    ),
+    Case(
+        "gradual-unfreezing-lora",
+        {HP + "gradualUnfreezing": True},
+        HP + "gradualUnfreezing",
+        ("method.type full",),
+    ),
     Case(
         "output-in-model",
         {

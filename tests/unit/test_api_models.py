@@ -274,12 +274,48 @@ def test_python_names_work_too() -> None:
         ({"budget": {"maxCost": "$5"}}, "maxCost"),
         ({"storage.endpoint": "ftp://minio:9000"}, "endpoint"),
         ({"hyperparameters.learning_rate_typo": "1"}, "learning_rate_typo"),
+        ({"hyperparameters.maxGradNorm": "0"}, "maxGradNorm"),
+        ({"hyperparameters.gradualUnfreezing": True}, "gradualUnfreezing"),
+        ({"method": {"type": "qlora"}, "hyperparameters.gradualUnfreezing": True}, "gradualUnfreezing"),
+        ({"dataset.test": "s3://datasets/demo/train.jsonl"}, "dataset.test"),
+        (
+            {
+                "dataset.validation": "s3://datasets/demo/val.jsonl",
+                "dataset.test": "s3://datasets/demo/val.jsonl",
+            },
+            "dataset.test",
+        ),
+        ({"dataset.test": "s3://datasets/demo/"}, "dataset.test"),
+        ({"dataset.test": "s3://adapters/demo/run-1/test.jsonl"}, "dataset"),
     ],
 )
 def test_invalid_specs_are_refused(changes: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValidationError) as err:
         FineTuneJobSpec.model_validate(with_changes(changes))
     assert needle in str(err.value)
+
+
+def test_new_training_fields() -> None:
+    spec = FineTuneJobSpec.model_validate(MINIMAL)
+    assert spec.method.effective_lora is not None
+    assert spec.method.effective_lora.rs_lora is True
+    assert (spec.hyperparameters.max_grad_norm, spec.hyperparameters.gradual_unfreezing) == (1.0, False)
+    assert spec.dataset.test is None
+    full = FineTuneJobSpec.model_validate(
+        with_changes(
+            {
+                "method": {"type": "full"},
+                "hyperparameters.gradualUnfreezing": True,
+                "hyperparameters.maxGradNorm": "0.3",
+                "dataset.test": "s3://datasets/demo/test.jsonl",
+            }
+        )
+    )
+    assert full.hyperparameters.gradual_unfreezing is True
+    assert full.hyperparameters.max_grad_norm == pytest.approx(0.3)
+    assert full.dataset.test == "s3://datasets/demo/test.jsonl"
+    # Off is fine with any method.
+    FineTuneJobSpec.model_validate(with_changes({"hyperparameters.gradualUnfreezing": False}))
 
 
 def test_dataset_file_inside_output_is_refused_but_neighbours_are_fine() -> None:

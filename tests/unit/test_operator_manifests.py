@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 from finetune_operator import manifests
-from finetune_operator.api import FineTuneJobSpec
+from finetune_operator.api import FineTuneJobSpec, LRScheduler
 from finetune_operator.manifests import JobRef
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.config import TrainerConfig
+from transformers.trainer_utils import SchedulerType
 
 REF = JobRef(name="bot", namespace="team-a", uid="uid-1")
 SETTINGS = OperatorSettings(trainer_image="finetune-operator/trainer-stub:dev", s3_endpoint="http://s3:9000")
@@ -177,6 +178,37 @@ def test_config_map_renders_a_valid_trainer_config() -> None:
     assert "secret" not in cm["data"]["config.json"].lower()
 
 
-def test_config_refuses_a_scheduler_the_trainer_lacks() -> None:
-    with pytest.raises(ValueError, match="lrScheduler"):
-        manifests.trainer_config(REF, spec(hyperparameters={"lrScheduler": "inverse-sqrt"}), SETTINGS)
+@pytest.mark.parametrize("scheduler", list(LRScheduler), ids=str)
+def test_every_api_scheduler_renders_as_its_transformers_name(scheduler: LRScheduler) -> None:
+    cfg = manifests.trainer_config(REF, spec(hyperparameters={"lrScheduler": scheduler.value}), SETTINGS)
+    assert cfg.hyperparameters.lr_scheduler == scheduler.transformers_name
+    assert scheduler.transformers_name in {s.value for s in SchedulerType}
+
+
+def test_config_carries_the_new_training_and_eval_fields() -> None:
+    full = spec(
+        dataset={
+            "train": "s3://data/train.jsonl",
+            "validation": "s3://data/val.jsonl",
+            "test": "s3://data/heldout.jsonl",
+        },
+        method={"type": "full"},
+        hyperparameters={"maxSteps": 50, "maxGradNorm": "0.5", "gradualUnfreezing": True},
+    )
+    cm = manifests.config_map(REF, manifests.trainer_config(REF, full, SETTINGS))
+    cfg = TrainerConfig.model_validate_json(cm["data"]["config.json"])
+    assert cfg.eval.dataset == "s3://data/heldout.jsonl"
+    assert cfg.dataset.validation == "s3://data/val.jsonl"
+    hp = cfg.hyperparameters
+    assert (hp.max_steps, hp.max_grad_norm, hp.gradual_unfreezing) == (50, pytest.approx(0.5), True)
+
+    lora = spec(method={"type": "lora", "lora": {"rsLora": False}})
+    cfg = TrainerConfig.model_validate_json(
+        manifests.config_map(REF, manifests.trainer_config(REF, lora, SETTINGS))["data"]["config.json"]
+    )
+    assert cfg.method.lora.rs_lora is False
+    assert cfg.eval.dataset is None
+    assert (cfg.hyperparameters.max_grad_norm, cfg.hyperparameters.gradual_unfreezing) == (1.0, False)
+    assert cfg.hyperparameters.max_steps is None
+    # The defaults reach the trainer too: rank-stabilized scaling unless turned off.
+    assert manifests.trainer_config(REF, spec(), SETTINGS).method.lora.rs_lora is True

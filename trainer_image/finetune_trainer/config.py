@@ -94,10 +94,25 @@ class EarlyStoppingSpec(_Model):
     patience: int = Field(default=3, ge=0)
 
 
+# transformers' SchedulerType values for every FineTuneJob lrScheduler (the operator maps the API's
+# "-" names with LRScheduler.transformers_name; this image cannot import the operator).
+LRSchedulerName = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+]
+
+
 class Hyperparameters(_Model):
     epochs: Float = Field(default=3, gt=0)
+    # Optional cap on optimizer steps: training stops there even if epochs remain.
+    max_steps: int | None = Field(default=None, ge=1)
     learning_rate: Float = Field(default=2e-4, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler: LRSchedulerName = "cosine"
     warmup_ratio: Float = Field(default=0.03, ge=0, lt=1)
     weight_decay: Float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=8, ge=1)
@@ -126,8 +141,15 @@ class JobSpec(_Model):
 class EvalSpec(_Model):
     max_examples: int = Field(default=64, ge=0)
     max_new_tokens: int = Field(default=48, ge=1)
-    # Optional extra held-out JSONL (rows with reference answers) scored in addition to validation.
+    # Optional held-out JSONL (rows with reference answers, spec.dataset.test): scored for exact match
+    # at the end, tuned vs base model, instead of validation; never trained on nor used for early stopping.
     dataset: str | None = None
+
+    @model_validator(mode="after")
+    def _check_uri(self) -> EvalSpec:
+        if self.dataset is not None and not self.dataset.startswith("s3://"):
+            raise ValueError(f"eval.dataset must be an s3:// URI of a JSONL file (got {self.dataset!r})")
+        return self
 
 
 class TrainerConfig(_Model):

@@ -256,11 +256,15 @@ def training_arguments(cfg: TrainerConfig, scratch: Path, device: str, n_train: 
     hp = cfg.hyperparameters
     per_epoch = steps_per_epoch(n_train, hp.batch_size, hp.gradient_accumulation_steps)
     total = math.ceil(per_epoch * hp.epochs)
+    if hp.max_steps is not None:
+        total = min(total, hp.max_steps)
     # Two evaluations per epoch: often enough for early stopping to act, cheap next to training.
     eval_steps = max(1, per_epoch // 2)
     return TrainingArguments(
         output_dir=str(scratch / "checkpoints"),
         num_train_epochs=hp.epochs,
+        # -1: the epochs decide; a cap stops training early (and warmup above is a share of it).
+        max_steps=hp.max_steps if hp.max_steps is not None else -1,
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,

@@ -177,6 +177,7 @@ class Dataset(_SpecModel):
     validation: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     validation_split: Annotated[FloatString, Field(gt=0.0, le=0.5)] | None = None
     format: DatasetFormat = DatasetFormat.AUTO
+    test: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
 
     @field_validator("train")
     @classmethod
@@ -188,12 +189,19 @@ class Dataset(_SpecModel):
     def _check_validation(cls, value: str | None) -> str | None:
         return None if value is None else _check_s3_object("dataset.validation", value)
 
+    @field_validator("test")
+    @classmethod
+    def _check_test(cls, value: str | None) -> str | None:
+        return None if value is None else _check_s3_object("dataset.test", value)
+
     @model_validator(mode="after")
     def _check_eval_source(self) -> Dataset:
         if self.validation is not None and self.validation_split is not None:
             raise ValueError("dataset.validation and dataset.validationSplit exclude each other")
         if self.validation is not None and self.validation == self.train:
             raise ValueError("dataset.validation must differ from dataset.train")
+        if self.test is not None and self.test in (self.train, self.validation):
+            raise ValueError("dataset.test must differ from dataset.train and dataset.validation")
         return self
 
     @property
@@ -246,6 +254,7 @@ class LoRA(_SpecModel):
         ],
         Field(min_length=1, max_length=64),
     ] = Field(default_factory=lambda: [ALL_LINEAR])
+    rs_lora: bool = True
 
     @field_validator("target_modules")
     @classmethod
@@ -286,12 +295,14 @@ class Hyperparameters(_SpecModel):
     lr_scheduler: LRScheduler = LRScheduler.COSINE
     warmup_ratio: Annotated[FloatString, Field(ge=0.0, lt=1.0)] = 0.03
     weight_decay: Annotated[FloatString, Field(ge=0.0, le=1.0)] = 0.0
+    max_grad_norm: Annotated[FloatString, Field(gt=0.0)] = 1.0
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
     max_seq_length: Annotated[int, Field(ge=16, le=131072)] = 2048
     packing: bool = True
     seed: Annotated[int, Field(ge=0, le=4294967295)] = 42
     early_stopping: EarlyStopping | None = None
+    gradual_unfreezing: bool = False
 
 
 class TolerationOperator(StrEnum):
@@ -403,8 +414,10 @@ class FineTuneJobSpec(_SpecModel):
     def _check_cross_fields(self) -> FineTuneJobSpec:
         if self.method.type is MethodType.QLORA and self.resources.gpus < 1:
             raise ValueError("method.type qlora needs resources.gpus of 1 or more")
+        if self.hyperparameters.gradual_unfreezing and self.method.type is not MethodType.FULL:
+            raise ValueError("hyperparameters.gradualUnfreezing applies only to method.type full")
         out = self.output.prefix
-        data = [self.dataset.train] + ([self.dataset.validation] if self.dataset.validation else [])
+        data = [self.dataset.train] + [u for u in (self.dataset.validation, self.dataset.test) if u]
         if any(uri.startswith(out) or uri == self.output.uri for uri in data):
             raise ValueError("output.uri must not contain the dataset")
         model = self.base_model.uri
