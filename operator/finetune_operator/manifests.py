@@ -187,6 +187,9 @@ def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt
         {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "SCRATCH_DIR", "value": SCRATCH_DIR},
+        # The root filesystem is read-only: temporary files and library caches go to the scratch volume.
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/cache"},
         {"name": "FINETUNE_JOB", "value": f"{ref.namespace}/{ref.name}"},
         {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
     ]

@@ -559,6 +559,12 @@ def _active(
     if running:
         _running(b, obs, settings, running[0], job_name)
         return
+    finished = [p for p in pods if _phase(p) == "Succeeded"]
+    if finished and not live:
+        # The trainer exited 0 and the Job controller has not marked the Job complete yet: the end of
+        # Running, not a return to Queued, so the Running condition stays as it is.
+        b.message(Reason.TRAINER_RUNNING, f"the trainer finished; waiting for Job {job_name} to complete")
+        return
     blockers = [f for f in (pod_blocker(p) for p in live) if f is not None]
     blocker = blockers[0] if blockers else None
     if blocker is not None and blocker.reason == Reason.UNSCHEDULABLE:

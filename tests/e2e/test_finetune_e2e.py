@@ -32,7 +32,7 @@ def operator_release(namespace: str) -> Any:
         "-f", str(REPO / "helm" / "values-local.yaml"),
         "--set", f"watchNamespaces={{{namespace}}}",
         "--set", "replicaCount=1",
-        "--wait", "--timeout", "4m",
+        "--take-ownership", "--wait", "--timeout", "4m",
     )  # fmt: skip
     yield release
     helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
@@ -93,6 +93,8 @@ def test_finetune_job_end_to_end(
     status = obj["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=2)[-3000:]
     assert "Validating" in seen_phases, seen_phases
+    order = ["Pending", "Validating", "Queued", "Running", "Succeeded"]
+    assert [order.index(p) for p in seen_phases] == sorted(order.index(p) for p in seen_phases), seen_phases
 
     # Conditions, in order, as `kubectl describe` shows them.
     conds = conditions(obj)

@@ -274,6 +274,18 @@ def test_running_with_progress_and_usage() -> None:
     assert later.events == []
 
 
+def test_finished_trainer_before_the_job_completes_stays_running() -> None:
+    """Between the trainer's exit 0 and the Job controller's Complete, the phase must not go back."""
+    running = tpod(1, "Running", state={"running": {"startedAt": ts(-36)}})
+    before = run(validated(), jobs=[tjob(1)], tpods=[running]).status
+    done = tpod(1, "Succeeded", state=terminated(0, {"result": "Succeeded"}))
+    d = run(before, jobs=[tjob(1)], tpods=[done])
+    assert d.status.phase == Phase.RUNNING
+    assert cond(d, ConditionType.RUNNING) == ("True", "TrainerRunning")
+    assert d.create == []
+    assert not d.done
+
+
 def test_stalled_when_the_step_does_not_move() -> None:
     running = tpod(1, "Running", state={"running": {"startedAt": ts(-36)}})
     d = run(validated(), jobs=[tjob(1)], tpods=[running], sample=Sample(step=5, total_steps=20))
