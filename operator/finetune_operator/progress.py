@@ -82,7 +82,8 @@ def next_progress(old: Progress | None, sample: Sample, now: datetime) -> Progre
         eta_seconds=eta_seconds,
         eta=format_eta(eta_seconds) or None,
         tokens_per_second=_fmt(sample.tokens_per_second, 1)
-        if sample.tokens_per_second is not None
+        # 0 is what the trainer's gauge reads between logging windows and after the last step.
+        if sample.tokens_per_second
         else old.tokens_per_second,
         last_step_time=last_step_time,
     )

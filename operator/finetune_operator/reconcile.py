@@ -455,6 +455,10 @@ def _succeed(b: _Builder, pods: Sequence[JSON]) -> None:
             "eta_seconds": 0,
             "eta": "0s",
             "epoch": f"{float(epoch):.2f}" if isinstance(epoch, int | float) else old.epoch,
+            # The run's average from the summary: the live gauge reads 0 once training stops.
+            "tokens_per_second": f"{float(tps):.1f}"
+            if isinstance(tps := summary.get("tokensPerSecond"), int | float) and tps > 0
+            else old.tokens_per_second,
         }
     )
     metrics = b.st.metrics or Metrics()

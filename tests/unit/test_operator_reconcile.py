@@ -317,6 +317,7 @@ def test_complete_job_succeeds_with_outputs() -> None:
         "adapterURI": "s3://out/bot/adapter/",
         "sha256": "a" * 64,
         "reportURI": "s3://out/bot/reports/result.json",
+        "tokensPerSecond": 117.25,
     }
     d = run(
         validated(),
@@ -327,6 +328,8 @@ def test_complete_job_succeeds_with_outputs() -> None:
     assert d.status.phase == Phase.SUCCEEDED
     assert cond(d, ConditionType.SUCCEEDED) == ("True", "Completed")
     assert cond(d, ConditionType.RUNNING) == ("False", "Completed")
+    assert d.status.progress is not None
+    assert d.status.progress.tokens_per_second == "117.2"  # the run's average, not the idle gauge
     assert d.status.outputs is not None
     assert d.status.outputs.adapter_uri == "s3://out/bot/adapter/"
     assert d.status.progress is not None
