@@ -200,7 +200,9 @@ def test_config_carries_the_new_training_and_eval_fields() -> None:
     assert cfg.eval.dataset == "s3://data/heldout.jsonl"
     assert cfg.dataset.validation == "s3://data/val.jsonl"
     hp = cfg.hyperparameters
-    assert (hp.max_steps, hp.max_grad_norm, hp.gradual_unfreezing) == (50, pytest.approx(0.5), True)
+    assert hp.max_steps == 50
+    assert hp.max_grad_norm == pytest.approx(0.5)
+    assert hp.gradual_unfreezing is True
 
     lora = spec(method={"type": "lora", "lora": {"rsLora": False}})
     cfg = TrainerConfig.model_validate_json(

@@ -22,14 +22,16 @@ EXAMPLES = [
 
 def tiny_llama(attn: str) -> Any:
     torch.manual_seed(0)
-    config = LlamaConfig(
+    # Accepted by PretrainedConfig's **kwargs; LlamaConfig's typed signature does not list it.
+    attention: dict[str, Any] = {"attn_implementation": attn}
+    config: Any = LlamaConfig(
         vocab_size=64,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        attn_implementation=attn,
+        **attention,
     )
     model = LlamaForCausalLM(config).eval()
     # As apply_method does for training: no KV cache (a cache disables packed-mask detection).
