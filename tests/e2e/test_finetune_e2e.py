@@ -35,6 +35,9 @@ def operator_release(namespace: str) -> Any:
         "--take-ownership", "--wait", "--timeout", "4m",
     )  # fmt: skip
     yield release
+    # The operator removes its finalizer from the jobs it deletes; uninstalling it first would leave
+    # the namespace waiting on that finalizer forever.
+    kubectl("delete", "ftj", "--all", "-n", namespace, "--wait=true", "--timeout=120s", check=False)
     helm("uninstall", release, "--namespace", namespace, "--wait", check=False)
 
 
