@@ -192,6 +192,9 @@ class RootBuilder:
         if read_only:
             mount(None, real, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         self.mounts.append((real, True))
+        # A volume replaces a host directory of the same path (an emptyDir at /tmp): the read-only
+        # root must not remount the volume, which is what that path now names.
+        self.ro_candidates = [c for c in self.ro_candidates if c != real]
 
     def finish(self, read_only_root: bool) -> None:
         for stage in self._shadow_stages:
@@ -207,10 +210,18 @@ class RootBuilder:
 def setup(spec: dict[str, Any]) -> None:
     builder = RootBuilder(spec["staging"])
     builder.enter()
-    for m in sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts)):
+    mounts = sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts))
+    # Every source is opened before the first mount and bound through /proc/self/fd: a volume
+    # mounted over an ancestor of the state dir (an emptyDir at /tmp while the state lives under
+    # /tmp) would otherwise hide the sources bound after it.
+    fds = []
+    for m in mounts:
         if m.get("createSource") and not os.path.exists(m["source"]):
             os.makedirs(m["source"], exist_ok=True)
-        builder.bind(m["source"], m["target"], bool(m.get("readOnly")))
+        fds.append(os.open(m["source"], os.O_PATH | os.O_CLOEXEC))
+    for m, fd in zip(mounts, fds, strict=True):
+        builder.bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readOnly")))
+        os.close(fd)
     builder.ensure_dir(spec.get("workingDir") or "/")
     builder.finish(bool(spec.get("readOnlyRoot")))
 

@@ -108,3 +108,30 @@ def test_missing_executable_is_a_start_error(tmp_path: Path) -> None:
     assert result.exit_code == 128
     assert result.reason == "StartError"
     assert "executable file not found" in result.message
+
+
+def test_a_volume_over_an_ancestor_of_the_state_dir_hides_no_later_source(tmp_path: Path) -> None:
+    """The state dir lives under /tmp (a clone in /tmp) and the pod mounts an emptyDir at /tmp:
+    the termination log and the other sources under /tmp must still be bound."""
+    assert str(tmp_path).startswith("/tmp/")
+    inst = Instance(tmp_path / "containers" / "main", 0)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text("{}")
+    p = LaunchPlan(
+        argv=["sh", "-c", "cat /etc/app/config.json; touch /tmp/mine; echo done > /dev/termination-log"],
+        env={"PATH": "/usr/bin:/bin"},
+        working_dir="/",
+        mounts=[
+            Mount(str(tmp_path / "emptydir"), "/tmp"),
+            Mount(str(tmp_path / "cfg"), "/etc/app", read_only=True),
+            Mount(str(inst.termination_log), "/dev/termination-log", is_file=True),
+        ],
+        termination_message_path="/dev/termination-log",
+        read_only_root=True,
+    )
+    run_to_end(p, inst)
+    result = inst.result("File")
+    assert result.exit_code == 0, inst.log_path.read_text()
+    assert result.message == "done\n"
+    assert (tmp_path / "emptydir" / "mine").exists()
