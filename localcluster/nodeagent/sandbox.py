@@ -219,8 +219,23 @@ def setup(spec: dict[str, Any]) -> None:
         if m.get("createSource") and not os.path.exists(m["source"]):
             os.makedirs(m["source"], exist_ok=True)
         fds.append(os.open(m["source"], os.O_PATH | os.O_CLOEXEC))
+    # The project tree and its Python must stay where they are: the image table runs pods from
+    # them, and a volume over one of their ancestors (an emptyDir at /tmp with a clone in /tmp)
+    # would hide them. Opened now, bound back after the volumes if a volume covered them.
+    keep = sorted({str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix}, key=len)
+    keep_fds = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in keep]
     for m, fd in zip(mounts, fds, strict=True):
         builder.bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readOnly")))
+        os.close(fd)
+    for path, fd in keep_fds:
+        want = os.fstat(fd)
+        try:
+            seen = os.stat(path)
+            covered = (seen.st_dev, seen.st_ino) != (want.st_dev, want.st_ino)
+        except FileNotFoundError:
+            covered = True
+        if covered:
+            builder.bind(f"/proc/self/fd/{fd}", path, read_only=False)
         os.close(fd)
     builder.ensure_dir(spec.get("workingDir") or "/")
     builder.finish(bool(spec.get("readOnlyRoot")))

@@ -135,3 +135,25 @@ def test_a_volume_over_an_ancestor_of_the_state_dir_hides_no_later_source(tmp_pa
     assert result.exit_code == 0, inst.log_path.read_text()
     assert result.message == "done\n"
     assert (tmp_path / "emptydir" / "mine").exists()
+
+
+def test_the_project_tree_stays_visible_under_a_volume_over_its_ancestor(tmp_path: Path) -> None:
+    """Pods run the project's venv python; an emptyDir over an ancestor of the repo (here its
+    parent) must not hide it."""
+    repo = Path(__file__).resolve().parents[2]
+    inst = Instance(tmp_path / "containers" / "main", 0)
+    (tmp_path / "emptydir").mkdir()
+    p = LaunchPlan(
+        argv=[sys.executable, "-c", f"import localcluster; open('{repo.parent}/mine', 'w').write('x')"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)},
+        working_dir="/",
+        mounts=[
+            Mount(str(tmp_path / "emptydir"), str(repo.parent)),
+            Mount(str(inst.termination_log), "/dev/termination-log", is_file=True),
+        ],
+        termination_message_path="/dev/termination-log",
+        read_only_root=True,
+    )
+    run_to_end(p, inst)
+    assert inst.result("File").exit_code == 0, inst.log_path.read_text()
+    assert (tmp_path / "emptydir" / "mine").read_text() == "x"
