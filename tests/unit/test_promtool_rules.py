@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from finetune_trainer.metrics_server import create_metrics
 
 from tests.promtool.queries import (
     RULE_FILES,
@@ -24,19 +25,8 @@ from tests.promtool.queries import (
 )
 
 PROMTOOL_TESTS = sorted((Path(__file__).resolve().parents[1] / "promtool").glob("*.yaml"))
-TRAINER_METRICS = {
-    f"finetune_trainer_{n}"
-    for n in (
-        "step",
-        "total_steps",
-        "epoch",
-        "train_loss",
-        "eval_loss",
-        "tokens_per_second",
-        "samples_total",
-        "tokens_total",
-    )
-}
+# The trainer's own registry is the list of what trainer pods expose (not a copy of its names).
+TRAINER_METRICS = {family.name for family in create_metrics().registry.collect()}
 
 
 def run(*args: str, cwd: Path | None = None) -> str:
