@@ -45,11 +45,17 @@ venv: $(STAMP)
 binaries: deps-system
 	bash localcluster/build-binaries.sh
 
+# The venv install (network) and the Go builds (CPU) overlap on a cold machine; the binaries are
+# then linked into .dev/bin, where the unit tests find promtool before any cluster is up.
+.PHONY: tools
+tools: deps-system
+	@$(MAKE) --no-print-directory -j2 venv binaries
+	@$(PY) -m localcluster build >/dev/null
+
 # --- local environment --------------------------------------------------------------------
 
 .PHONY: cluster-up
-cluster-up: deps-system
-	@$(MAKE) --no-print-directory -j2 venv binaries
+cluster-up: tools
 	$(PY) -m localcluster up
 
 .PHONY: cluster-down
@@ -69,13 +75,11 @@ lint: venv
 	$(VENV)/bin/mypy operator/finetune_operator trainer_image/finetune_trainer localcluster tests
 
 .PHONY: test-unit
-test-unit: venv
+test-unit: tools
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-# The venv install (network) and the Go builds (CPU) overlap on a cold machine.
 .PHONY: test
-test: deps-system
-	@$(MAKE) --no-print-directory -j2 venv binaries
+test: tools
 	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 

@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "clean":
         clean()
     elif args.command == "build":
-        print(build_binaries())
+        # Linked too, so tools such as promtool are at .dev/bin before any cluster is up.
+        bin_dir = build_binaries()
+        link_bin(bin_dir)
+        print(bin_dir)
     else:
         return status()
     return 0

@@ -55,8 +55,10 @@ def events(namespace: str, name: str) -> list[dict[str, Any]]:
         "--field-selector",
         f"involvedObject.name={name},involvedObject.kind=FineTuneJob",
     )["items"]
+    # eventTime keeps microseconds; lastTimestamp is whole seconds, and names are random suffixes,
+    # so two events in the same second would otherwise come back in any order.
     return sorted(
-        items, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "", e["metadata"]["name"])
+        items, key=lambda e: (e.get("eventTime") or e.get("lastTimestamp") or "", e["metadata"]["name"])
     )
 
 
