@@ -40,7 +40,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 from finetune_trainer.config import TrainerConfig, load_config
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from finetune_trainer.metrics_server import create_metrics, serve
 
 EXIT_OK, EXIT_INVALID, EXIT_TRANSIENT, EXIT_PREEMPTED = 0, 42, 75, 76
 MAX_STEPS = 40
@@ -192,22 +192,8 @@ def checkpoint(store: Store, step: int) -> None:
 
 def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
     stop = Preempted()
-    registry = CollectorRegistry()
-    gauges = {
-        name: Gauge(f"finetune_trainer_{name}", name, registry=registry)
-        for name in (
-            "step",
-            "total_steps",
-            "epoch",
-            "train_loss",
-            "eval_loss",
-            "tokens_per_second",
-            "samples_total",
-            "tokens_total",
-        )
-    }
-    host, port = os.environ.get("POD_IP", "127.0.0.1"), int(os.environ.get("METRICS_PORT", "9400"))
-    server, _ = start_http_server(port, addr=host, registry=registry)
+    # The real trainer's registry, so the stub can never drift from the metric names of the contract.
+    metrics = serve(create_metrics())
     try:
         directives, rows, tokens = read_dataset(cfg, store)
         hp = cfg.hyperparameters
@@ -219,8 +205,7 @@ def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
         failing = attempt <= int(directives.get("failAttempts", 0))
         fail_after = int(directives.get("failAtStep", 2))
         start = step = last_checkpoint(store)
-        gauges["total_steps"].set(total)
-        gauges["eval_loss"].set(float("nan"))  # no evaluation yet
+        metrics.total_steps.set(total)
         tokens_per_step = tokens * hp.epochs / max(total, 1)
         while step < total:
             if stop.flag:
@@ -238,15 +223,15 @@ def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
             time.sleep(step_seconds)
             step += 1
             loss = 2.5 * math.exp(-3 * step / total) + 0.3
-            gauges["step"].set(step)
-            gauges["epoch"].set(hp.epochs * step / total)
-            gauges["train_loss"].set(loss)
-            gauges["tokens_per_second"].set(tokens_per_step / step_seconds if step_seconds else 0)
-            gauges["samples_total"].set(step * hp.batch_size)
-            gauges["tokens_total"].set(step * tokens_per_step)
+            metrics.step.set(step)
+            metrics.epoch.set(hp.epochs * step / total)
+            metrics.train_loss.set(loss)
+            metrics.tokens_per_second.set(tokens_per_step / step_seconds if step_seconds else 0)
+            metrics.samples.set(step * hp.batch_size)
+            metrics.tokens.set(step * tokens_per_step)
             if step % cfg.checkpointing.every_steps == 0 and step < total:
                 checkpoint(store, step)
-                gauges["eval_loss"].set(loss + 0.05)
+                metrics.eval_loss.set(loss + 0.05)
         weights = hashlib.sha256(f"{cfg.job.namespace}/{cfg.job.name}".encode()).digest()
         adapter = store.put("adapter/adapter_model.safetensors", weights)
         store.put("adapter/adapter_config.json", json.dumps({"peft_type": "LORA", "stub": True}).encode())
@@ -264,7 +249,7 @@ def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
         store.put("reports/result.json", json.dumps(summary).encode())
         return summary
     finally:
-        server.shutdown()
+        metrics.close()
 
 
 def main(argv: list[str] | None = None) -> int:

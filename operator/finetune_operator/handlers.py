@@ -96,7 +96,7 @@ def finetunejob_changed(
     **_: Any,
 ) -> None:
     if type == "DELETED" and namespace:
-        metrics.forget_job(namespace, name)
+        metrics.METRICS.forget_job(namespace, name)
         return
     # Our own status writes do not change the generation; a spec edit (suspend, retries) does.
     if namespace and meta.get("generation") != status.get("observedGeneration"):

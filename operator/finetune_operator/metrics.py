@@ -1,8 +1,8 @@
 """The operator's own Prometheus metrics (DESIGN §6) and the /metrics + /healthz endpoint.
 
 Everything lives in one `OperatorMetrics` object with its own `CollectorRegistry` (plus the process and
-platform collectors), so tests build fresh ones; the module-level functions act on the default one
-that `serve()` exposes. Every function is cheap (dict and counter updates, no I/O): the reconcile loop
+platform collectors), so tests build fresh ones; the operator process uses the one instance `METRICS`
+and serves it with `METRICS.serve()`. Every function is cheap (dict and counter updates, no I/O): the reconcile loop
 calls them on every pass.
 
 Two kinds of series:
@@ -571,76 +571,6 @@ def _budget_ratio(spec: FineTuneJobSpec | None, cost: float | None, gpu_seconds:
     return max(ratios, default=None)
 
 
-# --- the default instance and its module-level functions ---------------------------------------------
+# --- the operator process's instance ----------------------------------------------------------------
 
 METRICS: Final = OperatorMetrics(process_collectors=sys.platform.startswith("linux"))
-REGISTRY: Final = METRICS.registry
-
-
-def observe_reconcile(duration: float, error: bool = False) -> None:
-    METRICS.observe_reconcile(duration, error)
-
-
-def record_transition(namespace: str, name: str, old_phase: str | None, new_phase: str, reason: str) -> None:
-    METRICS.record_transition(namespace, name, old_phase, new_phase, reason)
-
-
-def record_status(
-    namespace: str,
-    name: str,
-    *,
-    created: datetime | str | None,
-    spec: FineTuneJobSpec | None,
-    old: FineTuneJobStatus,
-    new: FineTuneJobStatus,
-    now: datetime,
-) -> None:
-    METRICS.record_status(namespace, name, created=created, spec=spec, old=old, new=new, now=now)
-
-
-def update_job_series(namespace: str, name: str, **values: float | None) -> None:
-    METRICS.update_job_series(namespace, name, **values)
-
-
-def forget_job(namespace: str, name: str) -> None:
-    METRICS.forget_job(namespace, name)
-
-
-def observe_transition(
-    old: FineTuneJobStatus, new: FineTuneJobStatus, created: datetime | None, now: datetime
-) -> None:
-    METRICS.observe_transition(old, new, created, now)
-
-
-def observe_first_step(
-    old: FineTuneJobStatus, new: FineTuneJobStatus, created: datetime | None, now: datetime | None = None
-) -> None:
-    METRICS.observe_first_step(old, new, created, now)
-
-
-class _Jobs:
-    """`JOBS.update(ns, name, view(status, gpu_type))` / `JOBS.forget(ns, name)`."""
-
-    def __init__(self, owner: OperatorMetrics) -> None:
-        self._owner = owner
-
-    def update(self, namespace: str, name: str, job_view: JobView) -> None:
-        self._owner.update_job(namespace, name, job_view)
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._owner.forget_job(namespace, name)
-
-
-JOBS: Final = _Jobs(METRICS)
-
-
-def set_leader(leader: bool) -> None:
-    METRICS.set_leader(leader)
-
-
-def set_health_check(check: Callable[[], bool]) -> None:
-    METRICS.set_health_check(check)
-
-
-def serve(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:  # noqa: S104
-    return METRICS.serve(port, addr)

@@ -166,7 +166,7 @@ async def report_leadership(
         else:
             if now_leading != leading:
                 leading = now_leading
-                metrics.set_leader(leading)
+                metrics.METRICS.set_leader(leading)
                 logger.info("this replica is the active one" if leading else "this replica stands by")
         await asyncio.sleep(interval)
 
@@ -204,27 +204,9 @@ async def stop_reporting(**_: Any) -> None:
         task.cancel()
 
 
-def _bind_metrics_to_pod_ip() -> None:
-    """Temporary bridge until startup.py passes FTO_METRICS_HOST to metrics.serve(): replicas that
-    share a network namespace (the local node agent runs pods as host processes) cannot all bind
-    0.0.0.0:<port>. Does nothing once OperatorSettings has a `metrics_host`."""
-    from .settings import OperatorSettings
-
-    host = os.environ.get("FTO_METRICS_HOST", "").strip()
-    if not host or "metrics_host" in OperatorSettings.__dataclass_fields__:
-        return
-    serve = metrics.serve
-
-    def serve_on_host(port: int, addr: str = host) -> Any:
-        return serve(port, addr)
-
-    metrics.serve = serve_on_host
-
-
 def main() -> None:
     from .__main__ import main as run
 
-    _bind_metrics_to_pod_ip()
     run()
 
 

@@ -234,15 +234,15 @@ async def run_job(
                     ctx, body=body, job=job, decision=decision, written=job.status, logger=logger, known=known
                 )
             except Exception as err:
-                metrics.observe_reconcile(time.monotonic() - started, error=True)
+                metrics.METRICS.observe_reconcile(time.monotonic() - started, error=True)
                 if is_status(err, 404) and not decision.create:
                     return  # the FineTuneJob is gone
                 logger.warning(f"reconcile of {namespace}/{name} failed, retrying: {err}")
                 written = None
                 await _sleep(trigger, stopped, min(5.0, settings.resync_seconds))
                 continue
-            metrics.observe_reconcile(time.monotonic() - started)
-            metrics.record_status(
+            metrics.METRICS.observe_reconcile(time.monotonic() - started)
+            metrics.METRICS.record_status(
                 namespace,
                 name,
                 created=meta.get("creationTimestamp"),

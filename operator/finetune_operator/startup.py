@@ -60,11 +60,11 @@ async def configure(
         prices=Prices(kube, ours.operator_namespace, ours.price_configmap),
     )
     if ours.metrics_listen_port:
-        metrics.serve(ours.metrics_listen_port, ours.metrics_listen_host)
+        metrics.METRICS.serve(ours.metrics_listen_port, ours.metrics_listen_host)
     # A standalone operator is always the one doing the work; under peering (FTO_PEERING_NAME),
     # peering.py keeps the gauge in step with the replica's actual role.
     if not os.environ.get("FTO_PEERING_NAME", "").strip():
-        metrics.set_leader(True)
+        metrics.METRICS.set_leader(True)
     logger.info(f"finetune-operator started: trainer image {ours.trainer_image}")
 
 

@@ -297,38 +297,6 @@ def test_job_without_budget_or_gpu_type() -> None:
     assert value(r, "finetune_job_phase_start_timestamp_seconds", namespace="ns", name="j") == T0.timestamp()
 
 
-def test_module_level_functions_use_the_default_registry() -> None:
-    now, new = lifecycle()[3]
-    m.record_status("mod-ns", "j", created=T0, spec=SPEC, old=FineTuneJobStatus(), new=new, now=now)
-    m.JOBS.update("mod-ns", "k", m.view(new, None))
-    m.update_job_series("mod-ns", "j", loss=2.0)
-    m.observe_transition(FineTuneJobStatus(), new, T0, now)
-    m.observe_first_step(FineTuneJobStatus(), new, T0, now)
-    m.record_transition("mod-ns", "j", "Queued", "Running", "TrainerRunning")
-    assert value(m.REGISTRY, "finetune_job_train_loss", namespace="mod-ns", name="j") == 2.0
-    assert (
-        value(
-            m.REGISTRY,
-            "finetune_job_info",
-            namespace="mod-ns",
-            name="k",
-            phase="Running",
-            reason="TrainerRunning",
-            gpu_type="default",
-        )
-        == 1
-    )
-    m.forget_job("mod-ns", "j")
-    m.JOBS.forget("mod-ns", "k")
-    assert not [
-        k
-        for k in samples(m.REGISTRY)
-        if ("namespace", "mod-ns") in k[1]
-        and k[0].startswith("finetune_job_")
-        and k[0] not in ("finetune_job_transitions_total", "finetune_job_transitions_created")
-    ]
-
-
 def test_serve_metrics_and_health() -> None:
     met = m.OperatorMetrics()
     checks = {"ok": True}

@@ -34,3 +34,7 @@ def test_metrics_endpoint_serves_contract_names(monkeypatch: pytest.MonkeyPatch)
         assert f"\n{name} " in body or body.startswith(f"{name} ")
     assert "finetune_trainer_step 7.0" in body
     assert "finetune_trainer_total_steps 30.0" in body
+    # no loss or throughput before the first log: NaN, which the operator skips and Grafana draws as a gap
+    assert "finetune_trainer_train_loss NaN" in body
+    assert "finetune_trainer_eval_loss NaN" in body
+    assert "finetune_trainer_tokens_per_second NaN" in body

@@ -44,7 +44,7 @@ def create_metrics() -> TrainerMetrics:
 
     # samples/tokens are Gauges named *_total on purpose: they are restored from the checkpoint
     # on resume, which a Counter (monotonic per process) cannot express.
-    return TrainerMetrics(
+    metrics = TrainerMetrics(
         registry=registry,
         step=gauge("finetune_trainer_step", "Optimizer steps completed"),
         total_steps=gauge("finetune_trainer_total_steps", "Optimizer steps planned"),
@@ -55,6 +55,11 @@ def create_metrics() -> TrainerMetrics:
         samples=gauge("finetune_trainer_samples_total", "Training examples seen"),
         tokens=gauge("finetune_trainer_tokens_total", "Non-padding training tokens seen"),
     )
+    # NaN ("no value yet") rather than the Gauge's 0 until the first log or evaluation: a loss of 0
+    # before the first step would read as a perfect model on the dashboards.
+    for unknown in (metrics.train_loss, metrics.eval_loss, metrics.tokens_per_second):
+        unknown.set(float("nan"))
+    return metrics
 
 
 def serve(metrics: TrainerMetrics) -> TrainerMetrics:
