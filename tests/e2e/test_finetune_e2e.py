@@ -15,9 +15,10 @@ from finetune_trainer.evaluate import is_match
 from finetune_trainer.tiny_model import smollm2_gguf
 
 from tests.integration.test_trainer_smollm2 import FACTS, subset
-from tests.integration.test_trainer_support import put_jsonl, s3_client
+from tests.integration.test_trainer_support import put_jsonl
 from tests.support.helm import CHART, helm
 from tests.support.kube import kubectl, kubectl_json, wait_for
+from tests.support.operator import s3_client
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "facts"

@@ -21,9 +21,9 @@ from tests.integration.test_trainer_support import (
     get_json,
     put_jsonl,
     run_trainer,
-    s3_client,
     write_config,
 )
+from tests.support.operator import s3_client
 
 FACTS = 8
 

@@ -23,12 +23,12 @@ from tests.integration.test_trainer_support import (
     put_jsonl,
     run_in_process,
     run_trainer,
-    s3_client,
     start_trainer,
     tiny_model_dir,  # noqa: F401  (fixture)
     upload_dir,
     write_config,
 )
+from tests.support.operator import s3_client
 
 
 def base_config(bucket: str, model_uri: str, train: str, validation: str | None, out: str) -> dict[str, Any]:
