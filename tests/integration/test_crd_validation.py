@@ -105,6 +105,11 @@ INVALID = [
     Case("lr-number", {HP + "learningRate": 0.0002}, HP + "learningRate", ("string",)),
     Case("tolerations-string", {RES + "tolerations": "none"}, RES + "tolerations", ("array",)),
     Case("suspend-string", {S + "suspend": "no"}, "spec.suspend", ("boolean",)),
+    Case("method-string", {S + "method": "lora"}, "spec.method", ("object",)),
+    Case("modules-not-list", {LORA: {"targetModules": "q_proj,v_proj"}}, "targetModules", ("array",)),
+    Case("retries-not-object", {S + "retries": 3}, "spec.retries", ("object",)),
+    Case("deadline-duration", {S + "activeDeadlineSeconds": "24h"}, "activeDeadlineSeconds", ("integer",)),
+    Case("cpu-float", {RES + "cpu": 0.5}, RES + "cpu", ("integer,string",)),
     # out of range
     Case("epochs-zero", {HP + "epochs": 0}, HP + "epochs", ("greater than or equal to 1",)),
     Case("lora-r-huge", {LORA: {"r": 2048}}, LORA + ".r", ("less than or equal to 1024",)),
@@ -118,6 +123,14 @@ INVALID = [
     ),
     Case("deadline-zero", {S + "activeDeadlineSeconds": 0}, "spec.activeDeadlineSeconds", ("greater than",)),
     Case("seq-length-tiny", {HP + "maxSeqLength": 8}, HP + "maxSeqLength", ("greater than or equal to 16",)),
+    Case("lora-alpha-zero", {LORA: {"alpha": 0}}, LORA + ".alpha", ("greater than or equal to 1",)),
+    Case("max-steps-zero", {HP + "maxSteps": 0}, HP + "maxSteps", ("greater than or equal to 1",)),
+    Case(
+        "patience-zero",
+        {HP + "earlyStopping": {"patience": 0}},
+        "earlyStopping.patience",
+        ("greater than or equal to 1",),
+    ),
     # bad enums
     Case(
         "method-unknown",
@@ -163,6 +176,98 @@ INVALID = [
     ),
     Case("endpoint-ftp", {S + "storage.endpoint": "ftp://minio:9000"}, "spec.storage.endpoint", ("http://",)),
     Case(
+        "endpoint-no-scheme",
+        {S + "storage.endpoint": "minio.storage:9000"},
+        "spec.storage.endpoint",
+        ("http://",),
+    ),
+    Case(
+        "endpoint-port-range",
+        {S + "storage.endpoint": "http://minio:99999"},
+        "spec.storage.endpoint",
+        ("port",),
+    ),
+    Case(
+        "endpoint-empty-port", {S + "storage.endpoint": "http://minio:"}, "spec.storage.endpoint", ("port",)
+    ),
+    Case(
+        "model-hub-web-url",
+        {S + "baseModel.uri": "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "spec.baseModel.uri",
+        ("hf://",),
+    ),
+    Case(
+        "model-weights-file",
+        {S + "baseModel.uri": "s3://models/smollm2/model.safetensors"},
+        "spec.baseModel.uri",
+        ("directory", ".gguf"),
+    ),
+    Case(
+        "model-dir-no-slash",
+        {S + "baseModel.uri": "s3://models/smollm2-135m-instruct"},
+        "spec.baseModel.uri",
+        ("directory", ".gguf"),
+    ),
+    Case(
+        "model-pvc-config-file",
+        {S + "baseModel.uri": "pvc://models/smollm2/config.json"},
+        "spec.baseModel.uri",
+        ("PVC", ".gguf"),
+    ),
+    Case("model-glob", {S + "baseModel.uri": "s3://models/*/"}, "spec.baseModel.uri", ("wildcards",)),
+    Case(
+        "model-double-slash",
+        {S + "baseModel.uri": "s3://models//smollm2/"},
+        "spec.baseModel.uri",
+        ("empty path segment",),
+    ),
+    Case(
+        "train-csv", {S + "dataset.train": "s3://datasets/demo/train.csv"}, "spec.dataset.train", ("JSONL",)
+    ),
+    Case(
+        "train-gzip",
+        {S + "dataset.train": "s3://datasets/demo/train.jsonl.gz"},
+        "spec.dataset.train",
+        ("uncompressed",),
+    ),
+    Case(
+        "validation-parquet",
+        {S + "dataset.validation": "s3://datasets/demo/val.parquet"},
+        "spec.dataset.validation",
+        ("JSONL",),
+    ),
+    Case(
+        "train-glob",
+        {S + "dataset.train": "s3://datasets/demo/*.jsonl"},
+        "spec.dataset.train",
+        ("wildcards",),
+    ),
+    Case(
+        "train-version-query",
+        {S + "dataset.train": "s3://datasets/demo/train.jsonl?versionId=3"},
+        "spec.dataset.train",
+        ("query",),
+    ),
+    Case(
+        "test-double-slash",
+        {S + "dataset.test": "s3://datasets//demo/heldout.jsonl"},
+        "spec.dataset.test",
+        ("empty path segment",),
+    ),
+    Case(
+        "output-file-name",
+        {S + "output.uri": "s3://adapters/demo/adapter.safetensors"},
+        "spec.output.uri",
+        ("not a file",),
+    ),
+    Case("output-glob", {S + "output.uri": "s3://adapters/demo/*/"}, "spec.output.uri", ("wildcards",)),
+    Case(
+        "output-double-slash",
+        {S + "output.uri": "s3://adapters//demo/"},
+        "spec.output.uri",
+        ("empty path segment",),
+    ),
+    Case(
         "endpoint-creds",
         {S + "storage.endpoint": "http://u:p@minio:9000"},
         "spec.storage.endpoint",
@@ -178,6 +283,12 @@ INVALID = [
     Case("weight-decay-big", {HP + "weightDecay": "2"}, HP + "weightDecay", ("[0, 1]",)),
     Case("grad-norm-zero", {HP + "maxGradNorm": "0.0"}, HP + "maxGradNorm", ("greater than 0",)),
     Case("dropout-one", {LORA: {"dropout": "1.0"}}, LORA + ".dropout", ("[0, 1)",)),
+    Case(
+        "split-zero",
+        {S + "dataset.validation": DELETE, S + "dataset.validationSplit": "0"},
+        "spec.dataset.validationSplit",
+        ("(0, 0.5]",),
+    ),
     Case(
         "split-too-big",
         {S + "dataset.validation": DELETE, S + "dataset.validationSplit": "0.6"},
@@ -195,6 +306,27 @@ INVALID = [
     Case("cpu-negative", {RES + "cpu": "-1"}, RES + "cpu", ("should match",)),
     Case("cpu-zero", {RES + "cpu": 0}, RES + "cpu", ("greater than 0",)),
     Case("memory-zero", {RES + "memory": "0Gi"}, RES + "memory", ("greater than 0",)),
+    Case("memory-bytes", {RES + "memory": 64}, RES + "memory", ("at least 256Mi", "64Gi")),
+    Case("memory-capital-k", {RES + "memory": "64K"}, RES + "memory", ("Ki, Mi, Gi",)),
+    Case("cpu-millicores-as-cores", {RES + "cpu": 8000}, RES + "cpu", ("at most 1024", '"500m"')),
+    Case(
+        "priority-class-system",
+        {RES + "priorityClassName": "system-node-critical"},
+        RES + "priorityClassName",
+        ("cluster components",),
+    ),
+    Case(
+        "modules-all-linear-typo",
+        {LORA: {"targetModules": ["all_linear"]}},
+        "targetModules[0]",
+        ("all-linear",),
+    ),
+    Case(
+        "modules-all-linear-caps",
+        {LORA: {"targetModules": ["ALL-LINEAR"]}},
+        "targetModules[0]",
+        ("all-linear",),
+    ),
     Case("node-selector-key", {RES + "nodeSelector": {"bad key!": "v"}}, "nodeSelector", ("label keys",)),
     Case("gpu-type-space", {RES + "gpuType": "H100 80GB"}, RES + "gpuType", ("should match",)),
     Case(
@@ -307,6 +439,21 @@ INVALID = [
     Case(
         "toleration-no-key", {RES + "tolerations": [{"value": "b"}]}, "tolerations[0].operator", ("Exists",)
     ),
+    Case(
+        "gpu-product-conflict",
+        {
+            RES + "gpuType": "NVIDIA-A100-SXM4-80GB",
+            RES + "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+        },
+        RES + "nodeSelector",
+        ("gpuType",),
+    ),
+    Case(
+        "gradual-unfreezing-one-epoch",
+        {S + "method": {"type": "full"}, HP + "gradualUnfreezing": True, HP + "epochs": 1},
+        HP + "gradualUnfreezing",
+        ("epochs of 2",),
+    ),
     # unknown fields (kubectl's strict field validation)
     Case(
         "unknown-field",
@@ -315,9 +462,22 @@ INVALID = [
         ("unknown field",),
     ),
     Case("misplaced-field", {S + "gpus": 1}, "spec.gpus", ("unknown field",)),
+    Case(
+        "inline-credentials",
+        {S + "storage.accessKeyId": "AKIA"},
+        "spec.storage.accessKeyId",
+        ("unknown field",),
+    ),
+    Case(
+        "secret-other-namespace",
+        {S + "storage.credentialsSecretRef.namespace": "other"},
+        "credentialsSecretRef.namespace",
+        ("unknown field",),
+    ),
     # names
     Case("name-41", {"metadata.name": "a" * 41}, "metadata.name", ("40 characters",)),
     Case("name-leading-digit", {"metadata.name": "1st-run"}, "metadata.name", ("RFC 1035",)),
+    Case("name-with-dot", {"metadata.name": "run.v2"}, "metadata", ("RFC 1035",)),
 ]
 
 
@@ -341,6 +501,48 @@ def test_invalid_manifest_is_refused(ns: str, case: Case) -> None:
         assert word in proc.stderr, proc.stderr
 
 
+# Close neighbours of refused values that are fine: the rules above must not refuse them.
+VALID = [
+    Case("model-gguf", {S + "baseModel.uri": "s3://models/team/SmolLM2.Q4_1.gguf"}, "", ()),
+    Case("model-pvc-dir", {S + "baseModel.uri": "pvc://models/smollm2"}, "", ()),
+    Case(
+        "model-hf-revision",
+        {S + "baseModel.uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@refs/pr/1"},
+        "",
+        (),
+    ),
+    Case("train-json", {S + "dataset.train": "s3://datasets/demo/train.json"}, "", ()),
+    Case("train-no-extension", {S + "dataset.train": "s3://datasets/demo/train-v1.2"}, "", ()),
+    Case("output-dotted", {S + "output.uri": "s3://adapters/demo/run-1.0/"}, "", ()),
+    Case("endpoint-ipv6", {S + "storage.endpoint": "http://[::1]:9000"}, "", ()),
+    Case("endpoint-aws", {S + "storage.endpoint": "https://s3.eu-central-1.amazonaws.com"}, "", ()),
+    Case("endpoint-path", {S + "storage.endpoint": "http://127.0.0.1:65535/s3"}, "", ()),
+    Case("modules-allocator", {LORA: {"targetModules": ["allocator", "q_proj"]}}, "", ()),
+    Case(
+        "unfreezing-two-epochs",
+        {S + "method": {"type": "full"}, HP + "gradualUnfreezing": True, HP + "epochs": 2},
+        "",
+        (),
+    ),
+    Case("quantities-bounds", {RES + "cpu": "1024", RES + "memory": "256Mi"}, "", ()),
+    Case("quantities-small", {RES + "cpu": "500m", RES + "memory": "300M"}, "", ()),
+    Case("memory-int-bytes", {RES + "memory": 68719476736}, "", ()),
+    Case(
+        "gpu-product-same",
+        {RES + "gpuType": "NVIDIA-A100", RES + "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"}},
+        "",
+        (),
+    ),
+    Case("priority-class", {RES + "priorityClassName": "training-high"}, "", ()),
+]
+
+
+@pytest.mark.parametrize("case", VALID, ids=str)
+def test_valid_neighbour_is_accepted(ns: str, case: Case) -> None:
+    proc = apply(manifest(f"ok-{VALID.index(case)}", case.changes), ns, "--dry-run=server")
+    assert proc.returncode == 0, proc.stderr
+
+
 IMMUTABLE = [
     Case("base-model", {S + "baseModel.uri": "s3://models/other/"}, "spec.baseModel", ("immutable",)),
     Case(
@@ -357,6 +559,8 @@ IMMUTABLE = [
     Case("budget-added", {S + "budget": {"maxCost": "20"}}, "spec.budget", ("immutable",)),
     Case("retries", {S + "retries": {"limit": 5}}, "spec.retries", ("immutable",)),
     Case("deadline-added", {S + "activeDeadlineSeconds": 3600}, "spec.activeDeadlineSeconds", ("immutable",)),
+    Case("max-steps-added", {HP + "maxSteps": 100}, "spec.hyperparameters", ("immutable",)),
+    Case("tolerations-added", {RES + "tolerations": [TOLERATION]}, "spec.resources", ("immutable",)),
 ]
 
 

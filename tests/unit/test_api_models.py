@@ -31,7 +31,7 @@ from finetune_operator.api import (
     format_eta,
     set_condition,
 )
-from finetune_operator.api.spec import FLOAT_STRING_PATTERN
+from finetune_operator.api.spec import FLOAT_STRING_PATTERN, quantity_value
 from pydantic import BaseModel, ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +223,10 @@ def test_float_and_decimal_strings() -> None:
 def test_quantities_accept_int_or_string() -> None:
     spec = FineTuneJobSpec.model_validate(with_changes({"resources.cpu": 8, "resources.memory": "64Gi"}))
     assert (spec.resources.cpu, spec.resources.memory) == ("8", "64Gi")
+    assert quantity_value("64Gi") == 64 * 1024**3
+    assert quantity_value("500m") == Decimal("0.5")
+    assert quantity_value("1e9") == quantity_value("1G") == 10**9
+    assert quantity_value("1E") == 10**18
 
 
 def test_python_names_work_too() -> None:
@@ -287,6 +291,39 @@ def test_python_names_work_too() -> None:
         ),
         ({"dataset.test": "s3://datasets/demo/"}, "dataset.test"),
         ({"dataset.test": "s3://adapters/demo/run-1/test.jsonl"}, "dataset"),
+        ({"baseModel.uri": "s3://models/smollm2/model.safetensors"}, "baseModel.uri"),
+        ({"baseModel.uri": "s3://models/smollm2-135m-instruct"}, "baseModel.uri"),
+        ({"baseModel.uri": "pvc://models/smollm2/config.json"}, "baseModel.uri"),
+        ({"baseModel.uri": "s3://models/*/"}, "wildcards"),
+        ({"baseModel.uri": "s3://models//smollm2/"}, "//"),
+        ({"dataset.train": "s3://datasets/demo/train.csv"}, "JSONL"),
+        ({"dataset.train": "s3://datasets/demo/train.jsonl.gz"}, "JSONL"),
+        ({"dataset.train": "s3://datasets/demo/train.jsonl?versionId=3"}, "query"),
+        ({"dataset.test": "s3://datasets//demo/test.jsonl"}, "//"),
+        ({"output.uri": "s3://adapters/demo/adapter.safetensors"}, "not a file"),
+        ({"output.uri": "s3://adapters/demo/*/"}, "wildcards"),
+        ({"storage.endpoint": "http://minio:99999"}, "port"),
+        ({"storage.endpoint": "http://minio:"}, "port"),
+        ({"method": {"type": "lora", "lora": {"targetModules": ["all_linear"]}}}, "all-linear"),
+        (
+            {
+                "method": {"type": "full"},
+                "hyperparameters.gradualUnfreezing": True,
+                "hyperparameters.epochs": 1,
+            },
+            "epochs",
+        ),
+        ({"resources.cpu": 8000}, "resources.cpu"),
+        ({"resources.memory": 64}, "256Mi"),
+        ({"resources.memory": "64K"}, "memory"),
+        ({"resources.priorityClassName": "system-node-critical"}, "priorityClassName"),
+        (
+            {
+                "resources.gpuType": "NVIDIA-A100",
+                "resources.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+            },
+            "gpuType",
+        ),
     ],
 )
 def test_invalid_specs_are_refused(changes: dict[str, Any], needle: str) -> None:
@@ -316,6 +353,34 @@ def test_new_training_fields() -> None:
     assert full.dataset.test == "s3://datasets/demo/test.jsonl"
     # Off is fine with any method.
     FineTuneJobSpec.model_validate(with_changes({"hyperparameters.gradualUnfreezing": False}))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"baseModel.uri": "s3://models/team/SmolLM2.Q4_1.gguf"},
+        {"baseModel.uri": "pvc://models/smollm2"},
+        {"dataset.train": "s3://datasets/demo/train.json"},
+        {"dataset.train": "s3://datasets/demo/train-v1.2"},
+        {"output.uri": "s3://adapters/demo/run-1.0/"},
+        {"storage.endpoint": "http://[::1]:9000"},
+        {"storage.endpoint": "https://s3.eu-central-1.amazonaws.com"},
+        {"storage.endpoint": "http://127.0.0.1:65535/s3"},
+        {"method": {"type": "lora", "lora": {"targetModules": ["allocator", "q_proj"]}}},
+        {"method": {"type": "full"}, "hyperparameters.gradualUnfreezing": True, "hyperparameters.epochs": 2},
+        {"resources.cpu": "1024", "resources.memory": "256Mi"},
+        {"resources.cpu": "500m", "resources.memory": "300M"},
+        {"resources.memory": "1e9"},
+        {"resources.memory": "64000000k"},
+        {
+            "resources.gpuType": "NVIDIA-A100",
+            "resources.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"},
+        },
+        {"resources.priorityClassName": "training-high"},
+    ],
+)
+def test_valid_neighbours_of_refused_specs(changes: dict[str, Any]) -> None:
+    FineTuneJobSpec.model_validate(with_changes(changes))
 
 
 def test_dataset_file_inside_output_is_refused_but_neighbours_are_fine() -> None:

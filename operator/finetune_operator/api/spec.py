@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -44,7 +45,35 @@ HF_URI: Final = (
 DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE: Final = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 CPU_QUANTITY: Final = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
-MEMORY_QUANTITY: Final = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[eE][0-9]+)?$"
+# Kubernetes suffixes: k M G T P E (powers of 1000; a capital K is not one), Ki ... Ei (powers of 1024).
+MEMORY_QUANTITY: Final = r"^[0-9]+(\.[0-9]+)?([kMGTPE]|[KMGTPE]i|[eE][0-9]+)?$"
+_SUFFIXES: Final = {
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+    **{s + "i": Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
+}
+# A unit-less memory quantity is bytes and a CPU quantity whole cores: "memory: 64" and "cpu: 8000"
+# are unit mistakes, refused like the CRD does.
+MIN_MEMORY_BYTES: Final = 256 * 1024**2
+MAX_CPU: Final = 1024
+# Characters that make an S3 URI a pattern or a URL with a query instead of one object or prefix.
+URI_WILDCARDS: Final = r"[*?#\[\]{}]"
+EMPTY_SEGMENT: Final = r"^[a-z0-9]+://.*//"
+# Files that are not JSONL; a model file or a config is not a model directory; an output is a prefix.
+NOT_JSONL: Final = (
+    r"(?i)\.(csv|tsv|parquet|arrow|feather|xlsx|xls|avro|orc|pkl|pickle|npy|npz|safetensors|gguf"
+    r"|zip|gz|tgz|tar|bz2|xz|zst|7z)$"
+)
+MODEL_FILE: Final = r"(?i)\.(safetensors|bin|pt|pth|ckpt|json|onnx|h5|msgpack|zip|gz|tgz|tar|bz2|xz|zst|7z)$"
+OUTPUT_FILE: Final = r"(?i)\.(safetensors|bin|gguf|pt|pth|ckpt|onnx|json|jsonl|csv|parquet|zip|gz|tgz|tar)$"
+# http(s)://host[:port][/path]: a DNS name or IPv4 address, or an IPv6 address in brackets; port 1-65535.
+ENDPOINT: Final = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+ENDPOINT_HOST_PORT: Final = (
+    r"^https?://([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/|$)"
+)
+ALL_LINEAR_TYPO: Final = r"(?i)^all([-_.]?linear(s|-layers)?)?$"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 # A qualified name (optional DNS-subdomain prefix and "/"), or empty: taint and label keys.
 TAINT_KEY: Final = (
     r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -74,6 +103,17 @@ def _parse_decimal_string(value: object) -> object:
     return value
 
 
+def quantity_value(value: str) -> Decimal:
+    """The number a CPU or memory quantity string (already matched by its pattern) stands for."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(?:([eE])([0-9]+)|([a-zA-Z]*))", value)
+    if match is None or (match.group(4) or "") not in ("", *_SUFFIXES):
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    number = Decimal(match.group(1))
+    if match.group(2):
+        return number * Decimal(10) ** int(match.group(3))
+    return number * _SUFFIXES.get(match.group(4) or "", Decimal(1))
+
+
 def _quantity(pattern: str) -> Any:
     def parse(value: object) -> object:
         # The CRD field is int-or-string (cpu: 8 and cpu: "500m" are both valid); keep one type here.
@@ -97,8 +137,32 @@ FloatString = Annotated[float, BeforeValidator(_parse_float_string), PlainSerial
 DecimalString = Annotated[
     Decimal, BeforeValidator(_parse_decimal_string), PlainSerializer(str, return_type=str)
 ]
-CpuQuantity = Annotated[str, _quantity(CPU_QUANTITY), StringConstraints(max_length=32)]
-MemoryQuantity = Annotated[str, _quantity(MEMORY_QUANTITY), StringConstraints(max_length=32)]
+
+
+def _check_cpu(value: str) -> str:
+    if quantity_value(value) > MAX_CPU:
+        raise ValueError(
+            f'resources.cpu is whole CPUs per trainer pod, at most {MAX_CPU}; for thousandths of a CPU add "m", '
+            f'e.g. "500m" (got {value!r})'
+        )
+    return value
+
+
+def _check_memory(value: str) -> str:
+    if quantity_value(value) < MIN_MEMORY_BYTES:
+        raise ValueError(
+            f"resources.memory must be at least 256Mi; a number without a unit is bytes, so write e.g. 64Gi "
+            f"(got {value!r})"
+        )
+    return value
+
+
+CpuQuantity = Annotated[
+    str, AfterValidator(_check_cpu), _quantity(CPU_QUANTITY), StringConstraints(max_length=32)
+]
+MemoryQuantity = Annotated[
+    str, AfterValidator(_check_memory), _quantity(MEMORY_QUANTITY), StringConstraints(max_length=32)
+]
 
 
 class _SpecModel(BaseModel):
@@ -155,6 +219,14 @@ class BaseModelSource(_SpecModel):
                 "baseModel.uri must be s3://<bucket>/<prefix-or-key>, pvc://<claim>/<path> or "
                 "hf://<org>/<name>[@<revision>]"
             )
+        if value.startswith("s3://") and not value.endswith(("/", ".gguf")):
+            raise ValueError(
+                'baseModel.uri in S3 must be the model directory ending in "/" or one .gguf file, '
+                "not a single weights or config file"
+            )
+        if value.startswith("pvc://") and re.search(MODEL_FILE, value):
+            raise ValueError("baseModel.uri on a PVC must be the model directory or one .gguf file")
+        _check_uri_shape("baseModel.uri", value)
         return value
 
     @property
@@ -166,9 +238,19 @@ class BaseModelSource(_SpecModel):
         return self.uri.lower().endswith(".gguf")
 
 
+def _check_uri_shape(field: str, value: str) -> None:
+    if re.search(URI_WILDCARDS, value):
+        raise ValueError(f"{field} must not contain wildcards or a query (*, ?, #, [ ], {{ }})")
+    if re.search(EMPTY_SEGMENT, value):
+        raise ValueError(f'{field} must not contain an empty path segment ("//")')
+
+
 def _check_s3_object(field: str, value: str) -> str:
     if ".." in value or not re.fullmatch(S3_OBJECT, value):
         raise ValueError(f"{field} must be s3://<bucket>/<key> of one JSONL object (only s3:// is supported)")
+    _check_uri_shape(field, value)
+    if re.search(NOT_JSONL, value):
+        raise ValueError(f"{field} must be an uncompressed JSONL file (one JSON object per line)")
     return value
 
 
@@ -220,6 +302,9 @@ class Output(_SpecModel):
     def _check_uri(cls, value: str) -> str:
         if ".." in value or not re.fullmatch(S3_OUTPUT_PREFIX, value):
             raise ValueError("output.uri must be s3://<bucket>/<prefix>/ (only s3:// is supported)")
+        _check_uri_shape("output.uri", value)
+        if re.search(OUTPUT_FILE, value):
+            raise ValueError("output.uri is a prefix (a directory) the job writes under, not a file")
         return value
 
     @property
@@ -233,13 +318,21 @@ class SecretRef(_SpecModel):
 
 
 class Storage(_SpecModel):
-    endpoint: (
-        Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")] | None
-    ) = None
+    endpoint: Annotated[str, StringConstraints(max_length=512, pattern=ENDPOINT)] | None = None
     region: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = (
         "us-east-1"
     )
     credentials_secret_ref: SecretRef
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(ENDPOINT_HOST_PORT, value):
+            raise ValueError(
+                "storage.endpoint must be http(s)://<host>[:<port>] with a host name or IP address and a port "
+                "from 1 to 65535"
+            )
+        return value
 
 
 class LoRA(_SpecModel):
@@ -261,6 +354,11 @@ class LoRA(_SpecModel):
     def _check_modules(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("method.lora.targetModules must not repeat a module")
+        for module in value:
+            if module != ALL_LINEAR and re.search(ALL_LINEAR_TYPO, module):
+                raise ValueError(
+                    f"method.lora.targetModules spells every linear layer as all-linear, not {module!r}"
+                )
         if ALL_LINEAR in value and len(value) != 1:
             raise ValueError("method.lora.targetModules lists either all-linear alone or module names")
         return value
@@ -303,6 +401,14 @@ class Hyperparameters(_SpecModel):
     seed: Annotated[int, Field(ge=0, le=4294967295)] = 42
     early_stopping: EarlyStopping | None = None
     gradual_unfreezing: bool = False
+
+    @model_validator(mode="after")
+    def _check_unfreezing(self) -> Hyperparameters:
+        if self.gradual_unfreezing and self.epochs < 2:
+            raise ValueError(
+                "hyperparameters.gradualUnfreezing unfreezes more layers each epoch; it needs epochs >= 2"
+            )
+        return self
 
 
 class TolerationOperator(StrEnum):
@@ -359,12 +465,27 @@ class Resources(_SpecModel):
                 )
         return value
 
+    @field_validator("priority_class_name")
+    @classmethod
+    def _check_priority_class(cls, value: str) -> str:
+        if value.startswith("system-"):
+            raise ValueError(
+                "resources.priorityClassName system-cluster-critical and system-node-critical are reserved "
+                "for cluster components"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_gpus(self) -> Resources:
         if self.nodes > 1 and self.gpus < 1:
             raise ValueError("resources.nodes greater than 1 needs resources.gpus of 1 or more")
         if self.gpu_type is not None and self.gpus < 1:
             raise ValueError("resources.gpuType needs resources.gpus of 1 or more")
+        selected = self.node_selector.get(GPU_PRODUCT_LABEL)
+        if self.gpu_type is not None and selected is not None and selected != self.gpu_type:
+            raise ValueError(
+                f"resources.nodeSelector {GPU_PRODUCT_LABEL} conflicts with resources.gpuType, which sets it"
+            )
         return self
 
     @property
