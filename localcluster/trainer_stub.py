@@ -8,6 +8,9 @@ take seconds. It is test tooling, not product.
 validate  reads dataset.train from S3 and checks every line is a JSON object with `messages`,
           `prompt` + `completion`, or `text`. A bad line: reports/validation.json, a termination message
           naming the line, exit 42. A missing object or denied access: exit 42 with that reason.
+          A pvc:// base model is checked where the pod mounts it, with the trainer's own check
+          (finetune_trainer.model_loading.local_model): not there or not a model, exit 42 (InvalidModel).
+          s3:// base models are not looked at.
           Passing: exit 0 with {"result": "Validated", "rows": N, "tokens": T} (T ~ characters / 4).
 train     serves /metrics on $POD_IP:$METRICS_PORT, advances one step every `stepSeconds`, writes
           `<output>/checkpoints/step-N/COMPLETE` every checkpointing.everySteps, resumes from the last
@@ -40,7 +43,9 @@ from typing import Any
 import boto3
 import botocore.exceptions
 from finetune_trainer.config import TrainerConfig, load_config
+from finetune_trainer.exitcodes import InvalidInputError, TransientIOError
 from finetune_trainer.metrics_server import create_metrics, serve
+from finetune_trainer.model_loading import local_model
 
 EXIT_OK, EXIT_INVALID, EXIT_TRANSIENT, EXIT_PREEMPTED = 0, 42, 75, 76
 MAX_STEPS = 40
@@ -161,7 +166,21 @@ def read_dataset(cfg: TrainerConfig, store: Store) -> tuple[dict[str, Any], int,
     return directives, rows, tokens
 
 
+def check_base_model(cfg: TrainerConfig) -> None:
+    """A pvc:// model must be in the pod, mounted where the config says (StubError 42 otherwise)."""
+    path = cfg.base_model.local_path
+    if path is None:
+        return
+    try:
+        local_model(path, cfg.base_model.uri)
+    except InvalidInputError as err:
+        raise StubError(EXIT_INVALID, "InvalidModel", str(err)) from err
+    except TransientIOError as err:
+        raise StubError(EXIT_TRANSIENT, "TransientIO", str(err)) from err
+
+
 def validate(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
+    check_base_model(cfg)
     _, rows, tokens = read_dataset(cfg, store)
     store.put("reports/validation.json", json.dumps({"valid": True, "rows": rows, "tokens": tokens}).encode())
     return {"result": "Validated", "message": f"dataset valid: {rows} rows", "rows": rows, "tokens": tokens}
@@ -195,6 +214,7 @@ def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
     # The real trainer's registry, so the stub can never drift from the metric names of the contract.
     metrics = serve(create_metrics())
     try:
+        check_base_model(cfg)
         directives, rows, tokens = read_dataset(cfg, store)
         hp = cfg.hyperparameters
         total = int(

@@ -1,8 +1,9 @@
 """Pod spec -> process launch plan (argv, env, working dir, mounts). Pure: no I/O, no API calls.
 
-The agent fetches the Secrets and ConfigMaps a pod refers to (see `referenced_objects`), then
-hands them here as `Objects`; everything else follows from the pod object (a dict in the API's
-JSON shape) and the node's facts in `PodContext`.
+The agent fetches the Secrets, ConfigMaps and PersistentVolumeClaims (with their bound
+PersistentVolumes) a pod refers to (see `referenced_objects`), then hands them here as `Objects`;
+everything else follows from the pod object (a dict in the API's JSON shape) and the node's facts in
+`PodContext`.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Objects:
-    """Secrets and ConfigMaps fetched for a pod: name -> key -> bytes, or None when not found."""
+    """Secrets and ConfigMaps fetched for a pod: name -> key -> bytes, or None when not found;
+    PersistentVolumeClaims (the pod's namespace) and the PersistentVolumes they are bound to:
+    name -> object, or None when not found."""
 
     secrets: Mapping[str, Mapping[str, bytes] | None] = field(default_factory=dict)
     config_maps: Mapping[str, Mapping[str, bytes] | None] = field(default_factory=dict)
+    claims: Mapping[str, JSON | None] = field(default_factory=dict)
+    persistent_volumes: Mapping[str, JSON | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -199,12 +204,14 @@ def resource_field_value(ctx: PodContext, container: JSON, ref: JSON) -> str:
 class References:
     secrets: frozenset[str]
     config_maps: frozenset[str]
+    claims: frozenset[str] = frozenset()
 
 
 def referenced_objects(pod: JSON) -> References:
     spec = pod.get("spec", {})
     secrets: set[str] = set()
     cms: set[str] = set()
+    claims: set[str] = set()
     for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         for src in c.get("envFrom") or []:
             if "secretRef" in src:
@@ -222,6 +229,8 @@ def referenced_objects(pod: JSON) -> References:
             secrets.add(v["secret"].get("secretName", ""))
         if "configMap" in v:
             cms.add(v["configMap"].get("name", ""))
+        if "persistentVolumeClaim" in v:
+            claims.add(v["persistentVolumeClaim"].get("claimName", ""))
         for src in (v.get("projected") or {}).get("sources") or []:
             if "secret" in src:
                 secrets.add(src["secret"].get("name", ""))
@@ -229,7 +238,76 @@ def referenced_objects(pod: JSON) -> References:
                 cms.add(src["configMap"].get("name", ""))
     secrets.discard("")
     cms.discard("")
-    return References(frozenset(secrets), frozenset(cms))
+    claims.discard("")
+    return References(frozenset(secrets), frozenset(cms), frozenset(claims))
+
+
+# ---------------------------------------------------------------------------------------------
+# PersistentVolumeClaims.
+
+
+# PersistentVolumeSpec fields that are not the volume's source.
+_PV_SPEC_FIELDS = frozenset(
+    {
+        "accessModes",
+        "capacity",
+        "claimRef",
+        "mountOptions",
+        "nodeAffinity",
+        "persistentVolumeReclaimPolicy",
+        "storageClassName",
+        "volumeAttributesClassName",
+        "volumeMode",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ClaimSource:
+    """Where a persistentVolumeClaim volume's data is on this node: the bound PV's host directory."""
+
+    path: str
+    # The PV's hostPath.type ("" when unset or for a `local` PV, whose path must exist).
+    host_path_type: str = ""
+    local: bool = False
+
+
+def claim_source(namespace: str, name: str, objects: Objects) -> ClaimSource:
+    """The host path behind a claim, as the kubelet resolves it: the claim must exist, not be
+    terminating and be Bound; its PV must be bound back to it (claimRef UID), a Filesystem volume, and
+    of a kind this node can mount (hostPath or local). Otherwise ConfigError, and the pod waits."""
+    what = f"error processing PVC {namespace}/{name}"
+    pvc = objects.claims.get(name)
+    if pvc is None:
+        raise ConfigError(f'{what}: persistentvolumeclaim "{name}" not found')
+    if (pvc.get("metadata") or {}).get("deletionTimestamp"):
+        raise ConfigError(f"{what}: PVC is being deleted")
+    pv_name = (pvc.get("spec") or {}).get("volumeName") or ""
+    if (pvc.get("status") or {}).get("phase") != "Bound" or not pv_name:
+        phase = (pvc.get("status") or {}).get("phase") or "Pending"
+        raise ConfigError(f"{what}: PVC is not bound (phase {phase})")
+    pv = objects.persistent_volumes.get(pv_name)
+    if pv is None:
+        raise ConfigError(f'{what}: persistentvolume "{pv_name}" not found')
+    spec = pv.get("spec") or {}
+    claim_ref = spec.get("claimRef") or {}
+    pvc_uid = (pvc.get("metadata") or {}).get("uid")
+    if claim_ref.get("uid") and pvc_uid and claim_ref["uid"] != pvc_uid:
+        raise ConfigError(f"{what}: PV {pv_name} is bound to another claim (claimRef UID {claim_ref['uid']})")
+    if (spec.get("volumeMode") or "Filesystem") != "Filesystem":
+        raise ConfigError(
+            f"{what}: PV {pv_name} has volumeMode {spec['volumeMode']}; only Filesystem is supported"
+        )
+    if "hostPath" in spec:
+        src = spec["hostPath"]
+        return ClaimSource(str(src.get("path") or ""), host_path_type=str(src.get("type") or ""))
+    if "local" in spec:
+        return ClaimSource(str(spec["local"].get("path") or ""), local=True)
+    kinds = sorted(k for k in spec if k not in _PV_SPEC_FIELDS)
+    raise ConfigError(
+        f"{what}: PV {pv_name} is of a kind this node cannot mount ({', '.join(kinds) or 'unknown'}); "
+        "only hostPath and local volumes are supported"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +449,9 @@ def _safe_sub_path(sub: str) -> str:
     return norm
 
 
-def volume_source(sandbox: str, volume: JSON) -> tuple[str, bool]:
+def volume_source(
+    sandbox: str, volume: JSON, objects: Objects | None = None, namespace: str = ""
+) -> tuple[str, bool]:
     """Host directory backing a volume, and whether the kubelet would mount it read-only."""
     name = volume["name"]
     for kind in MATERIALISED_VOLUME_TYPES:
@@ -379,20 +459,30 @@ def volume_source(sandbox: str, volume: JSON) -> tuple[str, bool]:
             return volume_dir(sandbox, name), kind in READ_ONLY_VOLUME_TYPES
     if "hostPath" in volume:
         return str(volume["hostPath"]["path"]), False
+    if "persistentVolumeClaim" in volume:
+        src = volume["persistentVolumeClaim"]
+        claim = claim_source(namespace, src.get("claimName", ""), objects or Objects())
+        return claim.path, bool(src.get("readOnly", False))
     kinds = sorted(k for k in volume if k != "name")
     raise ConfigError(f"volume {name!r}: unsupported volume type {', '.join(kinds) or '(none)'}")
 
 
-def mount_plan(
-    ctx: PodContext, sandbox: str, container: JSON, env: Mapping[str, str], termination_log: str
+def mount_plan(  # noqa: PLR0917 - each argument is a distinct input of the plan
+    ctx: PodContext,
+    sandbox: str,
+    container: JSON,
+    env: Mapping[str, str],
+    termination_log: str,
+    objects: Objects | None = None,
 ) -> list[Mount]:
     volumes = {v["name"]: v for v in ctx.pod.get("spec", {}).get("volumes") or []}
+    namespace = ctx.pod.get("metadata", {}).get("namespace", "")
     mounts: list[Mount] = []
     for vm in container.get("volumeMounts") or []:
         vol = volumes.get(vm["name"])
         if vol is None:
             raise ConfigError(f"volumeMount {vm['name']!r}: no volume of that name in the pod")
-        source, forced_ro = volume_source(sandbox, vol)
+        source, forced_ro = volume_source(sandbox, vol, objects, namespace)
         sub = vm.get("subPath") or ""
         if vm.get("subPathExpr"):
             sub = expand(vm["subPathExpr"], env.get)
@@ -427,7 +517,7 @@ def build_launch_plan(  # noqa: PLR0917 - each argument is a distinct input of t
     own = container_env(ctx, container, objects)
     env = process_env(ctx, container, image, own)
     argv = container_argv(image, container, {**service_env(ctx.api_host, ctx.api_port), **own})
-    mounts = mount_plan(ctx, sandbox, container, env, termination_log)
+    mounts = mount_plan(ctx, sandbox, container, env, termination_log, objects)
     sc = container.get("securityContext") or {}
     return LaunchPlan(
         argv=argv,

@@ -285,7 +285,15 @@ class PodWorker:
             n: decode_config_map(kube.get_or_none(core.read_namespaced_config_map, n, self.namespace))
             for n in sorted(refs.config_maps)
         }
-        return Objects(secrets=secrets, config_maps=cms)
+        # The Node authorizer lets a node read the claims of its pods and the volumes bound to them.
+        claims = {
+            n: kube.get_or_none(core.read_namespaced_persistent_volume_claim, n, self.namespace)
+            for n in sorted(refs.claims)
+        }
+        bound = (str((c.get("spec") or {}).get("volumeName") or "") for c in claims.values() if c)
+        pv_names = sorted({name for name in bound if name})
+        pvs = {n: kube.get_or_none(core.read_persistent_volume, n) for n in pv_names}
+        return Objects(secrets=secrets, config_maps=cms, claims=claims, persistent_volumes=pvs)
 
     def _tokens(self, pod: JSON) -> dict[volumes.TokenSource, str]:
         """Tokens for the pod's projected serviceAccountToken sources; also schedules their

@@ -1,7 +1,8 @@
 """Volume contents: which files a secret/configMap/projected/downwardAPI volume holds, and writing them.
 
 `volume_files` is pure (the agent passes the fetched objects and tokens); `materialise` writes a
-pod's volume directories under its sandbox.
+pod's volume directories under its sandbox, and checks the host directories of hostPath volumes and
+of the PersistentVolumes behind persistentVolumeClaim volumes (those are bound in place, never copied).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from localcluster.nodeagent.podspec import (
     ConfigError,
     Objects,
     PodContext,
+    claim_source,
     field_ref_value,
     resource_field_value,
     volume_dir,
@@ -181,6 +183,15 @@ def materialise(ctx: PodContext, sandbox: str, objects: Objects, tokens: Mapping
         files = volume_files(ctx, volume, objects, tokens)
         if "hostPath" in volume:
             _prepare_host_path(volume["hostPath"])
+            continue
+        if "persistentVolumeClaim" in volume:
+            namespace = ctx.pod.get("metadata", {}).get("namespace", "")
+            claim = claim_source(namespace, volume["persistentVolumeClaim"].get("claimName", ""), objects)
+            if claim.local:
+                if not Path(claim.path).is_dir():
+                    raise ConfigError(f"local PersistentVolume path {claim.path} does not exist on this node")
+            else:
+                _prepare_host_path({"path": claim.path, "type": claim.host_path_type})
             continue
         target = Path(volume_dir(sandbox, volume["name"]))
         if files is None:

@@ -36,6 +36,13 @@ _DATASET: Final = re.compile(r"\b(train|validation|eval):\d+|dataset|jsonl|\blin
 _MODEL: Final = re.compile(r"baseModel|base model|\bmodel\b", re.IGNORECASE)
 _OUTPUT: Final = re.compile(r"output", re.IGNORECASE)
 _IMAGE_PULL: Final = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+# What the scheduler's VolumeBinding plugin says about a pod's claims: `persistentvolumeclaim "x" not
+# found`, `pod has unbound immediate PersistentVolumeClaims`, `... is being deleted`, and for
+# WaitForFirstConsumer claims `didn't find available persistent volumes to bind` or `volume node
+# affinity conflict`. Only the first names the claim.
+_VOLUME_BINDING: Final = re.compile(
+    r"persistentvolumeclaim|persistent volume|volume node affinity", re.IGNORECASE
+)
 _CONFIG_ERRORS: Final = {"CreateContainerConfigError", "CreateContainerError"}
 
 
@@ -48,6 +55,8 @@ class Failure:
     permanent: bool = False
     # Uses one unit of spec.retries.limit (a preemption does not).
     counts: bool = True
+    # Unschedulable because of this PersistentVolumeClaim (the pvc:// base model's), not resources.
+    claim: str = ""
 
 
 def _container_status(pod: JSON) -> JSON | None:
@@ -143,8 +152,12 @@ def classify_pod(pod: JSON) -> Failure | None:
     return Failure(Reason.TRAINER_ERROR, status.get("message") or status.get("reason") or "the pod failed")
 
 
-def pod_blocker(pod: JSON) -> Failure | None:
-    """Why a pod that has not finished cannot make progress (unschedulable, image, config), or None."""
+def pod_blocker(pod: JSON, claim: str | None = None, namespace: str = "") -> Failure | None:
+    """Why a pod that has not finished cannot make progress (unschedulable, image, config), or None.
+
+    `claim`: the PersistentVolumeClaim of a pvc:// base model that the pod mounts (in `namespace`);
+    named when the scheduler holds the pod back for its volumes, which it often does without a name.
+    """
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
         if (
@@ -152,7 +165,15 @@ def pod_blocker(pod: JSON) -> Failure | None:
             and cond.get("status") == "False"
             and cond.get("reason") == "Unschedulable"
         ):
-            return Failure(Reason.UNSCHEDULABLE, cond.get("message") or "no node fits the pod")
+            message = str(cond.get("message") or "no node fits the pod")
+            if claim and _VOLUME_BINDING.search(message):
+                return Failure(
+                    Reason.UNSCHEDULABLE,
+                    f'PersistentVolumeClaim "{claim}" of baseModel.uri cannot be used ({message}): it must '
+                    f'exist in namespace "{namespace}", bound to a PersistentVolume that holds the model',
+                    claim=claim,
+                )
+            return Failure(Reason.UNSCHEDULABLE, message)
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         why = waiting.get("reason") or ""
@@ -161,13 +182,23 @@ def pod_blocker(pod: JSON) -> Failure | None:
         if why in _CONFIG_ERRORS:
             message = str(waiting.get("message") or why)
             if "secret" in message.lower() and "not found" in message.lower():
-                return Failure(
-                    Reason.SECRET_NOT_FOUND,
-                    f"{message}: create it in the job's namespace with keys AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY",
-                )
+                return Failure(Reason.SECRET_NOT_FOUND, f"{message}: {_secret_hint(pod, message)}")
             return Failure(Reason.TRAINER_ERROR, message)
     return None
+
+
+def _secret_hint(pod: JSON, message: str) -> str:
+    """What the missing Secret must hold: the S3 keys, or the Hub token of baseModel.tokenSecretRef."""
+    named = re.search(r'secret "([^"]+)" not found', message, re.IGNORECASE)
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for env in container.get("env") or []:
+            ref = ((env.get("valueFrom") or {}).get("secretKeyRef")) or {}
+            if env.get("name") == "HF_TOKEN" and named and ref.get("name") == named.group(1):
+                return (
+                    f"create it in the job's namespace with the Hugging Face token under the key {ref.get('key')} "
+                    "(baseModel.tokenSecretRef)"
+                )
+    return "create it in the job's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
 
 
 def job_condition(job: JSON, type_: str) -> JSON | None:

@@ -4,6 +4,9 @@
 - `<name>-validate-<hash>` CPU-only Pod running the trainer image in validate mode
 - `<name>-train-a<N>`      batch/v1 Job of attempt N running the trainer in train mode
 
+A `pvc://<claim>/<path>` base model is a read-only `persistentVolumeClaim` volume of both pods, mounted
+at `finetune_trainer.config.PVC_MOUNT_PATH`; the config tells the trainer that path (`baseModel.mountPath`).
+
 Every child carries an owner reference to the FineTuneJob (deleting it garbage-collects them all),
 the labels the operator indexes them by, and the same hardened pod settings: non-root, read-only
 root filesystem, no capabilities, RuntimeDefault seccomp, no API token, a scratch emptyDir. The S3
@@ -16,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from finetune_trainer.config import TrainerConfig
+from finetune_trainer.config import PVC_MOUNT_PATH, TrainerConfig, parse_pvc_uri
 
 from . import names
 from .api import API_VERSION, KIND, FineTuneJobSpec
@@ -40,6 +43,8 @@ COMPONENT_TRAINER: Final = "trainer"
 COMPONENT_CONFIG: Final = "config"
 
 CONFIG_DIR: Final = "/etc/finetune"
+# The read-only persistentVolumeClaim volume of a pvc:// base model, in both pods.
+BASE_MODEL_VOLUME: Final = "base-model"
 CONFIG_FILE: Final = "config.json"
 SCRATCH_DIR: Final = "/scratch"
 CONTAINER_NAME: Final = "trainer"
@@ -149,7 +154,17 @@ def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
     if spec.dataset.test is not None:
         # The held-out test set: scored for exact match at the end, never trained on.
         doc["eval"] = {"dataset": spec.dataset.test}
+    if base_model_claim(spec) is not None:
+        doc["baseModel"]["mountPath"] = PVC_MOUNT_PATH
     return TrainerConfig.model_validate(doc)
+
+
+def base_model_claim(spec: FineTuneJobSpec) -> str | None:
+    """The PersistentVolumeClaim of a pvc:// base model, else None."""
+    if not spec.base_model.uri.startswith("pvc://"):
+        return None
+    claim, _ = parse_pvc_uri(spec.base_model.uri)
+    return claim
 
 
 def config_map(ref: JobRef, config: TrainerConfig) -> JSON:
@@ -185,7 +200,7 @@ def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "METRICS_PORT", "value": str(settings.metrics_port)},
         {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        *_hub_env(spec, settings),
         {"name": "SCRATCH_DIR", "value": SCRATCH_DIR},
         # The root filesystem is read-only: temporary files and library caches go to the scratch volume.
         {"name": "TMPDIR", "value": SCRATCH_DIR},
@@ -193,6 +208,21 @@ def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt
         {"name": "FINETUNE_JOB", "value": f"{ref.namespace}/{ref.name}"},
         {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
     ]
+    return env
+
+
+def _hub_env(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[JSON]:
+    """Offline, except for an hf:// base model: then the trainer may reach the Hub (the operator's
+    endpoint, e.g. an on-prem mirror) for that model only, with the job's token Secret if it has one."""
+    base = spec.base_model
+    if not base.uri.startswith("hf://"):
+        return [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    env: list[JSON] = [{"name": "HF_HUB_OFFLINE", "value": "0"}]
+    if settings.hf_endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    if base.token_secret_ref is not None:
+        ref = base.token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 
 
@@ -250,6 +280,15 @@ def _pod_spec(
             {"name": "scratch", "emptyDir": {}},
         ],
     }
+    claim = base_model_claim(spec)
+    if claim is not None:
+        # Read-only twice over: the claim (the kubelet mounts it ro) and the container's mount.
+        pod["volumes"].append(
+            {"name": BASE_MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        pod["containers"][0]["volumeMounts"].append(
+            {"name": BASE_MODEL_VOLUME, "mountPath": PVC_MOUNT_PATH, "readOnly": True}
+        )
     if mode == "train":
         pod["containers"][0]["ports"] = [
             {"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"}

@@ -272,7 +272,7 @@ def _validate(
         b.set(ConditionType.VALIDATED, FALSE, f.reason, f.message)
         b.fail(f.reason, f.message, exit_code=f.exit_code)
         return False
-    blocker = pod_blocker(pod)
+    blocker = pod_blocker(pod, manifests.base_model_claim(spec), job.ref.namespace)
     if blocker is None:
         text = f"validating the dataset, base model and output location in pod {pod_name} (no GPU yet)"
         b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
@@ -281,6 +281,9 @@ def _validate(
     text = f"validation pod {pod_name} cannot start: {blocker.message}"
     b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
     b.message(blocker.reason, text)
+    if blocker.claim:
+        # Stuck until the claim exists and is bound; the scheduler retries by itself.
+        b.set(ConditionType.STALLED, TRUE, blocker.reason, text)
     if blocker.reason in (Reason.IMAGE_PULL, Reason.SECRET_NOT_FOUND):
         b.set(ConditionType.STALLED, TRUE, blocker.reason, text)
         if _age(pod, b.now) > settings.image_pull_timeout:
@@ -408,7 +411,7 @@ def _train(
         b.decision.patch_jobs.append((_name(current), {"spec": {"suspend": True}}))
         b.fail(reason, text, attempt=attempt)
         return
-    _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods)
+    _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods, namespace=job.ref.namespace)
 
 
 def _budget(b: _Builder, spec: FineTuneJobSpec) -> None:
@@ -527,6 +530,7 @@ def _active(
     settings: OperatorSettings,
     current: JSON,
     pods: Sequence[JSON],
+    namespace: str,
 ) -> None:
     job_name = _name(current)
     job_suspended = bool((current.get("spec") or {}).get("suspend"))
@@ -569,8 +573,15 @@ def _active(
         # Running, not a return to Queued, so the Running condition stays as it is.
         b.message(Reason.TRAINER_RUNNING, f"the trainer finished; waiting for Job {job_name} to complete")
         return
-    blockers = [f for f in (pod_blocker(p) for p in live) if f is not None]
+    claim = manifests.base_model_claim(spec)
+    blockers = [f for f in (pod_blocker(p, claim, namespace) for p in live) if f is not None]
     blocker = blockers[0] if blockers else None
+    if blocker is not None and blocker.claim:
+        text = f"the trainer pod cannot start: {blocker.message}"
+        b.set(ConditionType.RUNNING, FALSE, Reason.UNSCHEDULABLE, text)
+        b.set(ConditionType.STALLED, TRUE, Reason.UNSCHEDULABLE, text)
+        b.message(Reason.UNSCHEDULABLE, text)
+        return
     if blocker is not None and blocker.reason == Reason.UNSCHEDULABLE:
         text = f"waiting for GPUs: {blocker.message}"
         b.set(ConditionType.RUNNING, FALSE, Reason.UNSCHEDULABLE, text)

@@ -8,6 +8,7 @@ operator at start with a message, not in the middle of a reconcile.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -44,6 +45,16 @@ def _float(env: Mapping[str, str], key: str, default: float, minimum: float = 0.
     return value
 
 
+def _url(env: Mapping[str, str], key: str) -> str:
+    """An http(s) URL without a trailing "/" (empty when unset)."""
+    raw = env.get(key, "").strip()
+    if raw and not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", raw):
+        raise ValueError(
+            f"{key} must be an http:// or https:// URL without query or credentials, not {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
 def _labels(raw: str, key: str) -> dict[str, str]:
     """`k=v,k2=v2` -> dict (for node selectors given in one variable)."""
     out: dict[str, str] = {}
@@ -63,6 +74,9 @@ class OperatorSettings:
     price_configmap: str = DEFAULT_PRICE_CONFIGMAP
     # Used when spec.storage.endpoint is unset (empty: the AWS default endpoints).
     s3_endpoint: str = ""
+    # The Hugging Face Hub (or an on-prem mirror / proxy of it) that hf:// base models come from;
+    # HF_ENDPOINT in their pods. Empty: huggingface.co.
+    hf_endpoint: str = ""
     metrics_port: int = 9400
     # Seconds between re-reconciles of a job when nothing happened (child events wake it sooner).
     resync_seconds: float = 30.0
@@ -96,6 +110,7 @@ class OperatorSettings:
             operator_namespace=e.get("FTO_NAMESPACE") or e.get("POD_NAMESPACE") or "finetune-operator",
             price_configmap=e.get("FTO_PRICE_CONFIGMAP") or DEFAULT_PRICE_CONFIGMAP,
             s3_endpoint=e.get("FTO_S3_ENDPOINT", ""),
+            hf_endpoint=_url(e, "FTO_HF_ENDPOINT"),
             metrics_port=_int(e, "FTO_TRAINER_METRICS_PORT", 9400, 1),
             resync_seconds=_float(e, "FTO_RESYNC_SECONDS", 30.0, 0.5),
             progress_interval=_float(e, "FTO_PROGRESS_INTERVAL", 10.0, 0.2),

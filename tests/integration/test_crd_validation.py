@@ -197,6 +197,42 @@ INVALID = [
         ("hf://",),
     ),
     Case(
+        "model-hf-branch-with-slash",
+        {S + "baseModel.uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@feature/x"},
+        "spec.baseModel.uri",
+        ('without "/"', "refs/pr/<N>"),
+    ),
+    Case(
+        "model-hf-double-dash",
+        {S + "baseModel.uri": "hf://org--team/m"},
+        "spec.baseModel.uri",
+        ("Hub names",),
+    ),
+    Case(
+        "model-hf-weights-file",
+        {S + "baseModel.uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct/model.safetensors"},
+        "spec.baseModel.uri",
+        ("<file>.gguf",),
+    ),
+    Case(
+        "hf-token-with-s3-model",
+        {S + "baseModel.tokenSecretRef": {"name": "hf-token"}},
+        "spec.baseModel.tokenSecretRef",
+        ("hf://",),
+    ),
+    Case(
+        "hf-token-no-name",
+        {S + "baseModel.uri": "hf://org/m", S + "baseModel.tokenSecretRef": {"key": "token"}},
+        "spec.baseModel.tokenSecretRef.name",
+        ("Required",),
+    ),
+    Case(
+        "hf-token-bad-key",
+        {S + "baseModel.uri": "hf://org/m", S + "baseModel.tokenSecretRef": {"name": "hf", "key": "a token"}},
+        "spec.baseModel.tokenSecretRef.key",
+        ("should match",),
+    ),
+    Case(
         "model-weights-file",
         {S + "baseModel.uri": "s3://models/smollm2/model.safetensors"},
         "spec.baseModel.uri",
@@ -511,6 +547,24 @@ VALID = [
         "",
         (),
     ),
+    Case(
+        "model-hf-gguf-file",
+        {
+            S
+            + "baseModel.uri": "hf://bartowski/SmolLM2-135M-Instruct-GGUF@main/SmolLM2-135M-Instruct-Q4_K_M.gguf"
+        },
+        "",
+        (),
+    ),
+    Case(
+        "model-hf-commit-and-token",
+        {
+            S + "baseModel.uri": "hf://meta-llama/Llama-3.2-1B@4e20de362430cd3b72f300e6b0f18e50e7166e08",
+            S + "baseModel.tokenSecretRef": {"name": "hf-token", "key": "token"},
+        },
+        "",
+        (),
+    ),
     Case("train-json", {S + "dataset.train": "s3://datasets/demo/train.json"}, "", ()),
     Case("train-no-extension", {S + "dataset.train": "s3://datasets/demo/train-v1.2"}, "", ()),
     Case("output-dotted", {S + "output.uri": "s3://adapters/demo/run-1.0/"}, "", ()),
@@ -603,6 +657,16 @@ def test_defaults_are_filled_in(ns: str) -> None:
     assert spec["retries"] == {"limit": 3}
     assert spec["suspend"] is False
     assert spec["storage"]["region"] == "us-east-1"
+
+
+def test_hub_token_key_defaults_to_hf_token(ns: str) -> None:
+    changes = {S + "baseModel.uri": "hf://org/m", S + "baseModel.tokenSecretRef": {"name": "hf-token"}}
+    proc = apply(manifest("hub-token", changes), ns, "--dry-run=server", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["spec"]["baseModel"]["tokenSecretRef"] == {
+        "name": "hf-token",
+        "key": "HF_TOKEN",
+    }
 
 
 def test_explain_teaches_the_hyperparameters(crd: None) -> None:

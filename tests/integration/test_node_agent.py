@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from localcluster.paths import POD_CIDR, PORTS
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
 NODE = "local-gpu-0"
@@ -98,12 +99,12 @@ def test_gpu_node_registered_ready_with_lease(cluster: dict[str, str]) -> None:
     labels = node["metadata"]["labels"]
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert labels["nvidia.com/gpu.count"] == "2"
-    assert node["spec"]["podCIDR"] == "127.1.0.0/16"
+    assert node["spec"]["podCIDR"] == POD_CIDR
     addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
     assert addresses == {"InternalIP": "127.0.0.1", "Hostname": NODE}
     server = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
     assert node["status"]["nodeInfo"]["kubeletVersion"] == server
-    assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
+    assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == PORTS.kubelet
     lease = kubectl_json("get", "lease", NODE, "-n", "kube-node-lease")
     assert lease["spec"]["holderIdentity"] == NODE
     first = lease["spec"]["renewTime"]
@@ -226,7 +227,7 @@ def test_env_value_from_and_volumes_are_seen_by_the_process(namespace: str) -> N
     p = wait_phase(namespace, "envs", "Succeeded", "Failed")
     out = logs(namespace, "envs")
     ip = p["status"]["podIP"]
-    assert ip.startswith("127.1.")
+    assert ip.startswith(POD_CIDR.removesuffix("0.0/16"))
     assert p["status"]["hostIP"] == "127.0.0.1"
     assert f"env PASSWORD=s3cr3t MODE=fast IP={ip} NODE={NODE} NS={namespace} PREFIXED=1\n" in out
     assert "secret-file=s3cr3t\n" in out
@@ -479,7 +480,7 @@ def test_on_failure_restarts_a_failed_container_until_it_succeeds(namespace: str
 
 def test_kubelet_api_requires_the_api_servers_client_certificate(cluster: dict[str, str]) -> None:
     pki = Path(cluster["FTO_STATE_DIR"]) / "pki"
-    url = "https://127.0.0.1:10250"
+    url = f"https://127.0.0.1:{PORTS.kubelet}"
 
     def get(path: str, cert: str | None) -> tuple[int, str]:
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -533,3 +534,142 @@ def test_agent_crash_and_restart_adopts_running_pods(namespace: str) -> None:
     )
     kubectl("delete", "pod", "survivor", "-n", namespace, "--wait=true", timeout=30)
     assert kubectl("get", "pod", "survivor", "-n", namespace, check=False).returncode != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# persistentVolumeClaim volumes: the real PV controller binds the claim, the agent mounts the PV.
+
+
+def host_path_pv(name: str, path: Path, namespace: str, claim: str) -> dict[str, Any]:
+    """A hostPath PV reserved for one claim (claimRef), so no other test's claim can take it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadOnlyMany", "ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": claim},
+            "hostPath": {"path": str(path), "type": "Directory"},
+        },
+    }
+
+
+def claim(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "resources": {"requests": {"storage": "1Mi"}},
+        },
+    }
+
+
+def claim_phase(namespace: str, name: str) -> str:
+    return str(kubectl_json("get", "pvc", name, "-n", namespace).get("status", {}).get("phase"))
+
+
+def pod_events(namespace: str, name: str) -> list[dict[str, Any]]:
+    items = kubectl_json("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")[
+        "items"
+    ]
+    return list(items)
+
+
+def test_claim_is_mounted_from_its_bound_pv_read_only_as_asked(namespace: str, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "config.json").write_text('{"model_type": "llama"}\n')
+    pv = f"{namespace}-models"
+    kubectl("apply", "-f", "-", input=json.dumps(host_path_pv(pv, models, namespace, "models")))
+    try:
+        apply(namespace, claim("models"))
+        wait_for(lambda: claim_phase(namespace, "models") == "Bound", 30, "the PV controller to bind models")
+        assert kubectl_json("get", "pvc", "models", "-n", namespace)["spec"]["volumeName"] == pv
+        script = textwrap.dedent(
+            """
+            echo "model=$(cat /mnt/base-model/tiny/config.json)"
+            touch /mnt/base-model/claim-ro 2>/dev/null && echo claim-ro-writable || echo claim-ro-refused
+            touch /mnt/mount-ro/mount-ro 2>/dev/null && echo mount-ro-writable || echo mount-ro-refused
+            echo "sub=$(cat /mnt/sub/config.json)"
+            touch /mnt/rw/written && echo rw-writable
+            """
+        )
+        container = busybox(
+            script,
+            volumeMounts=[
+                {"name": "model", "mountPath": "/mnt/base-model"},
+                {"name": "shared", "mountPath": "/mnt/mount-ro", "readOnly": True},
+                {"name": "shared", "mountPath": "/mnt/sub", "subPath": "tiny", "readOnly": True},
+                {"name": "shared", "mountPath": "/mnt/rw"},
+            ],
+        )
+        volumes = [
+            {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+            {"name": "shared", "persistentVolumeClaim": {"claimName": "models"}},
+        ]
+        apply(namespace, pod("reader", [container], volumes=volumes))
+        p = wait_phase(namespace, "reader", "Succeeded", "Failed")
+        out = logs(namespace, "reader")
+        assert p["status"]["phase"] == "Succeeded", out
+        assert out == (
+            'model={"model_type": "llama"}\n'
+            "claim-ro-refused\n"
+            "mount-ro-refused\n"
+            'sub={"model_type": "llama"}\n'
+            "rw-writable\n"
+        )
+        # The PV's directory itself was mounted (not a copy): the one writable mount wrote through.
+        assert sorted(p.name for p in models.iterdir()) == ["tiny", "written"]
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=true", timeout=120, check=False)
+        kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def test_missing_then_unbound_claim_keeps_the_pod_creating_until_it_binds(
+    namespace: str, tmp_path: Path
+) -> None:
+    # nodeName set: the scheduler (which would hold the pod back) is bypassed, as with a static pod,
+    # so the agent itself meets the claim that is not there yet.
+    container = busybox(
+        "cat /data/hello.txt", volumeMounts=[{"name": "data", "mountPath": "/data", "readOnly": True}]
+    )
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "late"}}]
+    apply(namespace, pod("waiter", [container], volumes=volumes, nodeName=NODE))
+
+    def failed_mount(needle: str) -> dict[str, Any] | None:
+        for e in pod_events(namespace, "waiter"):
+            if e["reason"] == "FailedMount" and needle in e["message"]:
+                return e
+        return None
+
+    e = wait_for(lambda: failed_mount('persistentvolumeclaim "late" not found'), 30, "FailedMount: not found")
+    assert e["type"] == "Warning"
+    assert f"PVC {namespace}/late" in e["message"]
+    p = get_pod(namespace, "waiter")
+    assert p["status"]["phase"] == "Pending"
+    waiting = p["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "ContainerCreating"
+
+    apply(namespace, claim("late"))  # no PV yet: the claim stays Pending
+    wait_for(lambda: failed_mount("PVC is not bound"), 40, "FailedMount: not bound")
+    assert get_pod(namespace, "waiter")["status"]["phase"] == "Pending"
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_text("bound at last\n")
+    pv = f"{namespace}-late"
+    kubectl("apply", "-f", "-", input=json.dumps(host_path_pv(pv, data, namespace, "late")))
+    try:
+        wait_for(lambda: claim_phase(namespace, "late") == "Bound", 30, "the PV controller to bind late")
+        p = wait_phase(namespace, "waiter", "Succeeded", "Failed", timeout=60)
+        assert p["status"]["phase"] == "Succeeded"
+        assert logs(namespace, "waiter") == "bound at last\n"
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=true", timeout=120, check=False)
+        kubectl("delete", "pv", pv, "--wait=false", check=False)

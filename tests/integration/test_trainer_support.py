@@ -66,7 +66,8 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def trainer_env(s3_env: dict[str, str], scratch: Path) -> dict[str, str]:
+def trainer_env(s3_env: dict[str, str], scratch: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The pod's environment; `extra` comes last (an hf:// job: HF_HUB_OFFLINE=0, HF_ENDPOINT, HF_TOKEN)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(s3_env)
     env.update(
@@ -79,14 +80,17 @@ def trainer_env(s3_env: dict[str, str], scratch: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra or {})
     return env
 
 
-def start_trainer(mode: str, config: Path, s3_env: dict[str, str], scratch: Path) -> subprocess.Popen[str]:
+def start_trainer(
+    mode: str, config: Path, s3_env: dict[str, str], scratch: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     scratch.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "finetune_trainer", mode, "--config", str(config)],
-        env=trainer_env(s3_env, scratch),
+        env=trainer_env(s3_env, scratch, extra_env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -101,21 +105,35 @@ def finish(proc: subprocess.Popen[str], scratch: Path, timeout: float = 240) -> 
 
 
 def run_trainer(
-    mode: str, config: Path, s3_env: dict[str, str], scratch: Path, timeout: float = 240
+    mode: str,
+    config: Path,
+    s3_env: dict[str, str],
+    scratch: Path,
+    timeout: float = 240,
+    *,
+    extra_env: dict[str, str] | None = None,
 ) -> TrainerRun:
-    return finish(start_trainer(mode, config, s3_env, scratch), scratch, timeout)
+    return finish(start_trainer(mode, config, s3_env, scratch, extra_env), scratch, timeout)
 
 
 def run_in_process(
-    mode: str, config: Path, s3_env: dict[str, str], scratch: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str,
+    config: Path,
+    s3_env: dict[str, str],
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    extra_env: dict[str, str] | None = None,
 ) -> TrainerRun:
     """The same CLI entry point, called in this process: no second interpreter start-up or
     transformers import per case (validate-only cases run in about a second this way)."""
     from finetune_trainer.__main__ import main
 
     scratch.mkdir(parents=True, exist_ok=True)
-    for key, value in trainer_env(s3_env, scratch).items():
-        if key.startswith(("AWS_", "SCRATCH_DIR", "TERMINATION_", "METRICS_", "POD_IP", "HF_HUB")):
+    for key, value in trainer_env(s3_env, scratch, extra_env).items():
+        if key.startswith(("AWS_", "SCRATCH_DIR", "TERMINATION_", "METRICS_", "POD_IP", "HF_HUB")) or (
+            key in (extra_env or {})
+        ):
             monkeypatch.setenv(key, value)
     code = main([mode, "--config", str(config)])
     term_path = scratch / "termination-log"

@@ -89,8 +89,9 @@ def test_full_example_sets_every_spec_field() -> None:
         out = []
         for name, child in schema.get("properties", {}).items():
             if name not in value:
-                # dataset.validation excludes validationSplit, which the example uses.
-                if f"{path}.{name}" != "spec.dataset.validation":
+                # dataset.validation excludes validationSplit, which the example uses; tokenSecretRef is
+                # for hf:// models only (the example shows it in a comment).
+                if f"{path}.{name}" not in ("spec.dataset.validation", "spec.baseModel.tokenSecretRef"):
                     out.append(f"{path}.{name}")
             elif child.get("type") == "object" and "properties" in child:
                 out += missing(child, value[name], f"{path}.{name}")
@@ -240,6 +241,18 @@ def test_python_names_work_too() -> None:
     assert spec.output.prefix == "s3://adapters/demo/run-1/"
 
 
+def test_hub_token_key_defaults_to_hf_token() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        with_changes({"baseModel.uri": "hf://org/m@v1", "baseModel.tokenSecretRef": {"name": "hf-token"}})
+    )
+    assert spec.base_model.token_secret_ref is not None
+    assert spec.base_model.token_secret_ref.key == "HF_TOKEN"
+    assert spec.model_dump(mode="json", exclude_none=True)["baseModel"] == {
+        "uri": "hf://org/m@v1",
+        "tokenSecretRef": {"name": "hf-token", "key": "HF_TOKEN"},
+    }
+
+
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [
@@ -295,6 +308,14 @@ def test_python_names_work_too() -> None:
         ({"baseModel.uri": "s3://models/smollm2-135m-instruct"}, "baseModel.uri"),
         ({"baseModel.uri": "pvc://models/smollm2/config.json"}, "baseModel.uri"),
         ({"baseModel.uri": "s3://models/*/"}, "wildcards"),
+        ({"baseModel.uri": "hf://org/m@feature/x"}, "baseModel.uri"),
+        ({"baseModel.uri": "hf://org--team/m"}, "baseModel.uri"),
+        ({"baseModel.uri": "hf://org/m-"}, "baseModel.uri"),
+        ({"baseModel.uri": "hf://org/m/model.safetensors"}, "baseModel.uri"),
+        ({"baseModel.uri": "hf://org/m/sub/.hidden.gguf"}, "baseModel.uri"),
+        ({"baseModel.tokenSecretRef": {"name": "hf-token"}}, "tokenSecretRef"),
+        ({"baseModel.uri": "hf://org/m", "baseModel.tokenSecretRef": {"key": "token"}}, "name"),
+        ({"baseModel.uri": "hf://org/m", "baseModel.tokenSecretRef": {"name": "hf", "key": "a b"}}, "key"),
         ({"baseModel.uri": "s3://models//smollm2/"}, "//"),
         ({"dataset.train": "s3://datasets/demo/train.csv"}, "JSONL"),
         ({"dataset.train": "s3://datasets/demo/train.jsonl.gz"}, "JSONL"),
@@ -360,6 +381,10 @@ def test_new_training_fields() -> None:
     [
         {"baseModel.uri": "s3://models/team/SmolLM2.Q4_1.gguf"},
         {"baseModel.uri": "pvc://models/smollm2"},
+        {"baseModel.uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@refs/pr/12"},
+        {"baseModel.uri": "hf://bartowski/SmolLM2-GGUF@main/q4/SmolLM2-135M-Instruct-Q4_K_M.gguf"},
+        {"baseModel.uri": "hf://bartowski/SmolLM2-GGUF/SmolLM2-135M-Instruct-Q4_K_M.gguf"},
+        {"baseModel.uri": "hf://org/m", "baseModel.tokenSecretRef": {"name": "hf-token", "key": "token"}},
         {"dataset.train": "s3://datasets/demo/train.json"},
         {"dataset.train": "s3://datasets/demo/train-v1.2"},
         {"output.uri": "s3://adapters/demo/run-1.0/"},

@@ -94,6 +94,8 @@ def test_lint_strict_is_clean(values: list[str]) -> None:
         ({"trainer.metricsPort": 70000}, "trainer.metricsPort"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"peering.lifetimeSeconds": 1}, "peering.lifetimeSeconds"),
+        ({"huggingface.endpoint": "hf-mirror.internal"}, "huggingface.endpoint"),
+        ({"huggingface.endpoint": "https://user:pw@hf-mirror.internal"}, "huggingface.endpoint"),
     ],
 )
 def test_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -198,6 +200,7 @@ def test_rendered_env_is_what_the_operator_reads() -> None:
             "trainer.metricsPort": 9500,
             "prices.name": "team-prices",
             "operator.s3Endpoint": "http://minio.storage:9000",
+            "huggingface.endpoint": "https://hf-mirror.internal:8443/hub/",
             "operator.resyncSeconds": 7,
             "operator.stallSeconds": 600,
             "validation.nodeSelector": {"pool": "cpu", "zone": "a"},
@@ -213,6 +216,7 @@ def test_rendered_env_is_what_the_operator_reads() -> None:
     assert settings.price_configmap == "team-prices"
     assert settings.operator_namespace == "fto-system"
     assert settings.s3_endpoint == "http://minio.storage:9000"
+    assert settings.hf_endpoint == "https://hf-mirror.internal:8443/hub"
     assert settings.resync_seconds == 7
     assert settings.stall_seconds == 600
     assert settings.validation_node_selector == {"pool": "cpu", "zone": "a"}
@@ -223,6 +227,13 @@ def test_rendered_env_is_what_the_operator_reads() -> None:
     assert p.name == "fto-finetune-operator"
     assert p.lifetime == 15
     assert p.priority != (peering.from_env(env) or p).priority  # each replica draws its own
+
+
+def test_hub_endpoint_defaults_to_the_public_hub(default: list[Manifest]) -> None:
+    env = container_env(deployment(default))
+    assert env["FTO_HF_ENDPOINT"] == ""
+    settings = OperatorSettings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.hf_endpoint == ""  # the pods of hf:// jobs get no HF_ENDPOINT: huggingface.co
 
 
 def test_standalone_single_replica() -> None:

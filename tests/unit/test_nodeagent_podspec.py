@@ -6,11 +6,13 @@ import pytest
 
 from localcluster.nodeagent.images import resolve_image
 from localcluster.nodeagent.podspec import (
+    ClaimSource,
     ConfigError,
     Mount,
     Objects,
     PodContext,
     build_launch_plan,
+    claim_source,
     container_argv,
     container_env,
     expand,
@@ -212,11 +214,13 @@ def test_referenced_objects_cover_env_env_from_and_volumes() -> None:
             {"name": "v1", "secret": {"secretName": "s4"}},
             {"name": "v2", "configMap": {"name": "c3"}},
             {"name": "v3", "projected": {"sources": [{"configMap": {"name": "kube-root-ca.crt"}}]}},
+            {"name": "v4", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
         ],
     )
     refs = referenced_objects(pod)
     assert refs.secrets == {"s1", "s2", "s3", "s4"}
     assert refs.config_maps == {"c1", "c2", "c3", "kube-root-ca.crt"}
+    assert refs.claims == {"models"}
 
 
 def test_mount_plan_sub_paths_read_only_and_termination_log() -> None:
@@ -262,8 +266,13 @@ def test_mount_plan_sub_paths_read_only_and_termination_log() -> None:
         ),
         (
             {"name": "v", "mountPath": "/x"},
+            [{"name": "v", "nfs": {"server": "nfs.example", "path": "/export"}}],
+            "unsupported volume type nfs",
+        ),
+        (
+            {"name": "v", "mountPath": "/x"},
             [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}],
-            "unsupported",
+            'persistentvolumeclaim "c" not found',
         ),
     ],
 )
@@ -295,3 +304,95 @@ def test_launch_plan_puts_it_together() -> None:
     assert plan.working_dir == "/work"
     assert plan.read_only_root is True
     assert plan.termination_message_path == "/dev/termination-log"
+
+
+# ---------------------------------------------------------------------------------------------
+# persistentVolumeClaim volumes: the claim's bound PV, as the kubelet resolves it.
+
+
+def claim(
+    name: str = "models", *, phase: str = "Bound", volume: str = "pv-models", **meta: Any
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": "pvc-uid", **meta},
+        "spec": {"volumeName": volume} if volume else {},
+        "status": {"phase": phase},
+    }
+
+
+def host_path_pv(path: str = "/srv/models", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "pv-models"},
+        "spec": {
+            "hostPath": {"path": path, "type": "Directory"},
+            "claimRef": {"namespace": "ns", "name": "models", "uid": "pvc-uid"},
+            "accessModes": ["ReadOnlyMany"],
+            "capacity": {"storage": "1Gi"},
+            **spec,
+        },
+    }
+
+
+def test_claim_source_is_the_bound_pvs_host_path_or_local_path() -> None:
+    objects = Objects(claims={"models": claim()}, persistent_volumes={"pv-models": host_path_pv()})
+    assert claim_source("ns", "models", objects) == ClaimSource("/srv/models", host_path_type="Directory")
+    local = {"metadata": {"name": "pv-models"}, "spec": {"local": {"path": "/mnt/disks/ssd1"}}}
+    objects = Objects(claims={"models": claim()}, persistent_volumes={"pv-models": local})
+    assert claim_source("ns", "models", objects) == ClaimSource("/mnt/disks/ssd1", local=True)
+
+
+@pytest.mark.parametrize(
+    ("claims", "pvs", "match"),
+    [
+        ({}, {}, 'error processing PVC ns/models: persistentvolumeclaim "models" not found'),
+        ({"models": None}, {}, 'persistentvolumeclaim "models" not found'),
+        ({"models": claim(phase="Pending", volume="")}, {}, "PVC is not bound \\(phase Pending\\)"),
+        ({"models": claim(deletionTimestamp="2026-01-01T00:00:00Z")}, {}, "being deleted"),
+        ({"models": claim()}, {"pv-models": None}, 'persistentvolume "pv-models" not found'),
+        (
+            {"models": claim()},
+            {"pv-models": host_path_pv(claimRef={"name": "models", "uid": "someone-else"})},
+            "bound to another claim",
+        ),
+        ({"models": claim()}, {"pv-models": host_path_pv(volumeMode="Block")}, "only Filesystem"),
+        (
+            {"models": claim()},
+            {"pv-models": {"spec": {"nfs": {"server": "s", "path": "/e"}, "capacity": {"storage": "1Gi"}}}},
+            "cannot mount \\(nfs\\)",
+        ),
+    ],
+    ids=["absent", "not-found", "unbound", "terminating", "no-pv", "claimref", "block", "nfs"],
+)
+def test_unusable_claims_are_config_errors(claims: dict[str, Any], pvs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        claim_source("ns", "models", Objects(claims=claims, persistent_volumes=pvs))
+
+
+def test_claim_mounts_are_read_only_when_the_volume_or_the_mount_says_so() -> None:
+    container = {
+        "name": "c",
+        "volumeMounts": [
+            {"name": "ro-claim", "mountPath": "/mnt/base-model"},
+            {"name": "rw-claim", "mountPath": "/data"},
+            {"name": "rw-claim", "mountPath": "/data-ro", "readOnly": True},
+            {"name": "rw-claim", "mountPath": "/one", "subPath": "sub/dir"},
+        ],
+    }
+    pod = make_pod(
+        container,
+        volumes=[
+            {"name": "ro-claim", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+            {"name": "rw-claim", "persistentVolumeClaim": {"claimName": "models"}},
+        ],
+    )
+    objects = Objects(claims={"models": claim()}, persistent_volumes={"pv-models": host_path_pv()})
+    mounts = mount_plan(ctx_for(pod), "/sb", container, {}, "/sb/t", objects)
+    assert mounts[:-1] == [
+        Mount("/srv/models", "/mnt/base-model", read_only=True),
+        Mount("/srv/models", "/data"),
+        Mount("/srv/models", "/data-ro", read_only=True),
+        Mount("/srv/models/sub/dir", "/one", create_source=True),
+    ]
+    image = resolve_image("busybox:1.36", VENV)
+    plan = build_launch_plan(ctx_for(pod), {**container, "command": ["true"]}, image, objects, "/sb", "/sb/t")
+    assert plan.mounts[0] == Mount("/srv/models", "/mnt/base-model", read_only=True)

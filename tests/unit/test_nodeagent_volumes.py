@@ -133,3 +133,55 @@ def test_materialise_writes_files_with_modes(tmp_path: Path) -> None:
     missing = [{"name": "h", "hostPath": {"path": str(tmp_path / "nope"), "type": "Directory"}}]
     with pytest.raises(ConfigError, match="not a directory"):
         materialise(ctx(missing), str(tmp_path / "sb2"), OBJECTS, {})
+
+
+def claim_objects(pv_spec: dict[str, Any], phase: str = "Bound") -> Objects:
+    pvc = {
+        "metadata": {"name": "models", "namespace": "ns", "uid": "pvc-uid"},
+        "spec": {"volumeName": "pv-1"},
+        "status": {"phase": phase},
+    }
+    pv = {"metadata": {"name": "pv-1"}, "spec": {"claimRef": {"uid": "pvc-uid"}, **pv_spec}}
+    return Objects(claims={"models": pvc}, persistent_volumes={"pv-1": pv})
+
+
+def test_materialise_checks_the_pv_behind_a_claim_and_copies_nothing(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "config.json").write_text("{}")
+    vols = [{"name": "m", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}]
+    objects = claim_objects({"hostPath": {"path": str(models), "type": "Directory"}})
+    assert volume_files(ctx(vols), vols[0], objects, {}) is None
+    materialise(ctx(vols), str(tmp_path / "sb"), objects, {})
+    # Bound in place: no directory of its own under the sandbox.
+    assert not (tmp_path / "sb" / "volumes" / "m").exists()
+    assert sorted(p.name for p in models.iterdir()) == ["config.json"]
+
+    created = tmp_path / "made-by-pv"
+    materialise(
+        ctx(vols),
+        str(tmp_path / "sb"),
+        claim_objects({"hostPath": {"path": str(created), "type": "DirectoryOrCreate"}}),
+        {},
+    )
+    assert created.is_dir()
+    materialise(ctx(vols), str(tmp_path / "sb"), claim_objects({"local": {"path": str(models)}}), {})
+
+
+@pytest.mark.parametrize(
+    ("objects", "match"),
+    [
+        (Objects(), 'persistentvolumeclaim "models" not found'),
+        (claim_objects({"hostPath": {"path": "/x"}}, phase="Pending"), "not bound"),
+        (
+            claim_objects({"hostPath": {"path": "/nonexistent/models", "type": "Directory"}}),
+            "not a directory",
+        ),
+        (claim_objects({"local": {"path": "/nonexistent/models"}}), "does not exist on this node"),
+    ],
+    ids=["missing", "unbound", "hostpath-type", "local-missing"],
+)
+def test_materialise_refuses_claims_it_cannot_mount(tmp_path: Path, objects: Objects, match: str) -> None:
+    vols = [{"name": "m", "persistentVolumeClaim": {"claimName": "models"}}]
+    with pytest.raises(ConfigError, match=match):
+        materialise(ctx(vols), str(tmp_path / "sb"), objects, {})

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from finetune_operator import manifests
 from finetune_operator.api import FineTuneJobSpec, LRScheduler
+from finetune_operator.failures import pod_blocker
 from finetune_operator.manifests import JobRef
 from finetune_operator.settings import OperatorSettings
 from finetune_trainer.config import TrainerConfig
@@ -214,3 +215,88 @@ def test_config_carries_the_new_training_and_eval_fields() -> None:
     assert cfg.hyperparameters.max_steps is None
     # The defaults reach the trainer too: rank-stabilized scaling unless turned off.
     assert manifests.trainer_config(REF, spec(), SETTINGS).method.lora.rs_lora is True
+
+
+# --- hf:// base models ---------------------------------------------------------------------------
+
+HUB = OperatorSettings(
+    trainer_image="finetune-operator/trainer:dev",
+    s3_endpoint="http://s3:9000",
+    hf_endpoint="https://hf-mirror.internal",
+)
+HF_MODEL = {
+    "uri": "hf://org/tiny@0123456789abcdef0123456789abcdef01234567",
+    "tokenSecretRef": {"name": "hf-token"},
+}
+
+
+def pod_env(kind: str, s: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, dict[str, Any]]:
+    if kind == "validation":
+        pod = manifests.validation_pod(REF, s, settings)["spec"]
+    else:
+        job = manifests.trainer_job(REF, s, settings, attempt=1, retries_used=0, active_deadline_seconds=None)
+        pod = job["spec"]["template"]["spec"]
+    return {e["name"]: e for e in container(pod)["env"]}
+
+
+@pytest.mark.parametrize("kind", ["validation", "trainer"])
+def test_only_hf_jobs_go_online_and_only_to_the_operators_hub(kind: str) -> None:
+    offline = pod_env(kind, spec(), HUB)
+    assert offline["HF_HUB_OFFLINE"] == {"name": "HF_HUB_OFFLINE", "value": "1"}
+    assert "HF_ENDPOINT" not in offline
+    assert "HF_TOKEN" not in offline
+
+    online = pod_env(kind, spec(baseModel=HF_MODEL), HUB)
+    assert online["HF_HUB_OFFLINE"]["value"] == "0"
+    assert online["HF_ENDPOINT"]["value"] == "https://hf-mirror.internal"
+    # The token is referenced from the job's own namespace, never copied into the pod spec.
+    assert online["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
+    }
+    assert online["HF_HOME"]["value"] == "/scratch/hf"
+
+
+def test_hf_job_without_token_or_endpoint_setting() -> None:
+    env = pod_env("validation", spec(baseModel={"uri": "hf://org/tiny"}), SETTINGS)
+    assert env["HF_HUB_OFFLINE"]["value"] == "0"
+    assert "HF_ENDPOINT" not in env  # huggingface_hub's default, https://huggingface.co
+    assert "HF_TOKEN" not in env
+    custom_key = {"uri": "hf://org/tiny", "tokenSecretRef": {"name": "tokens", "key": "team-a"}}
+    env = pod_env("trainer", spec(baseModel=custom_key), SETTINGS)
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tokens", "key": "team-a"}
+
+
+def test_hf_config_carries_the_uri_but_not_the_token() -> None:
+    cm = manifests.config_map(REF, manifests.trainer_config(REF, spec(baseModel=HF_MODEL), HUB))
+    cfg = TrainerConfig.model_validate_json(cm["data"]["config.json"])
+    assert cfg.base_model.uri == HF_MODEL["uri"]
+    assert "hf-token" not in cm["data"]["config.json"]
+    assert "tokenSecretRef" not in cm["data"]["config.json"]
+
+
+def test_a_token_change_means_a_new_validation() -> None:
+    other = {**HF_MODEL, "tokenSecretRef": {"name": "other-token"}}
+    a = manifests.validation_pod(REF, spec(baseModel=HF_MODEL), HUB)["metadata"]["name"]
+    b = manifests.validation_pod(REF, spec(baseModel=other), HUB)["metadata"]["name"]
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    ("missing", "hint"),
+    [
+        ("hf-token", "the Hugging Face token under the key HF_TOKEN (baseModel.tokenSecretRef)"),
+        ("s3-creds", "keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_a_missing_secret_is_named_with_what_it_must_hold(missing: str, hint: str) -> None:
+    pod = manifests.validation_pod(REF, spec(baseModel=HF_MODEL), HUB)
+    waiting = {"reason": "CreateContainerConfigError", "message": f'secret "{missing}" not found'}
+    pod["status"] = {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "trainer", "state": {"waiting": waiting}}],
+    }
+    blocker = pod_blocker(pod)
+    assert blocker is not None
+    assert blocker.reason == "SecretNotFound"
+    assert blocker.message == f'secret "{missing}" not found: create it in the job\'s namespace with {hint}'

@@ -35,10 +35,12 @@ def _scratch() -> Path:
 
 
 def _offline_defaults() -> None:
-    # The image never reaches a model hub: everything comes from S3. Caches go to scratch
-    # because the root filesystem is read-only.
+    # The image never reaches a model hub, except to download an hf:// base model (hf_hub.py; the
+    # operator sets HF_HUB_OFFLINE=0 for those jobs only). Caches go to scratch because the root
+    # filesystem is read-only.
     scratch = os.environ.get("SCRATCH_DIR", "/scratch")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HOME", f"{scratch}/hf")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,18 +1,21 @@
 """The one JSON document the operator renders for the trainer (`TrainerConfig`).
 
 Keys are camelCase and mirror the FineTuneJob spec so the operator can copy fields across
-unchanged. This module imports only pydantic: the operator imports it to render configs and
-must not pull in torch.
+unchanged. This module imports only pydantic (and `hf_hub`'s standard-library URI parser): the
+operator imports it to render configs and must not pull in torch.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from .hf_hub import parse_hf_uri
 
 
 def _float_from_str(value: object) -> object:
@@ -33,14 +36,60 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
 
+# Where the operator mounts the claim of a pvc:// base model (read-only) in the validation and trainer
+# pods. The operator uses this constant for the volumeMount and renders it as baseModel.mountPath, so
+# the path is defined here only.
+PVC_MOUNT_PATH: Final = "/mnt/base-model"
+_PVC_URI: Final = re.compile(r"pvc://([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)(/.*)?")
+
+
+def parse_pvc_uri(uri: str) -> tuple[str, str]:
+    """`pvc://<claim>/<path>` -> (claim, path inside the claim; "" for its root)."""
+    m = _PVC_URI.fullmatch(uri)
+    if m is None:
+        raise ValueError(
+            f"baseModel.uri {uri!r} must be pvc://<claim>/<path> with the claim's name a DNS label "
+            "(lowercase letters, digits and '-')"
+        )
+    rest = (m.group(2) or "/")[1:]
+    rest = rest.removesuffix("/")
+    parts = rest.split("/") if rest else []
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"baseModel.uri {uri!r}: the path must not contain empty, '.' or '..' segments")
+    return m.group(1), "/".join(parts)
+
+
 class BaseModelSpec(_Model):
-    uri: str = Field(description="s3://bucket/prefix/ in Hugging Face format, or s3://bucket/model.gguf")
+    uri: str = Field(
+        description="s3://bucket/prefix/ in Hugging Face format, s3://bucket/model.gguf, pvc://claim/path, "
+        "or hf://org/name[@revision][/file.gguf]"
+    )
+    # pvc:// only: where the pod has the claim mounted (unset: PVC_MOUNT_PATH); the model is at
+    # <mountPath>/<path>.
+    mount_path: str | None = None
 
     @model_validator(mode="after")
     def _check_uri(self) -> BaseModelSpec:
+        if self.uri.startswith("pvc://"):
+            parse_pvc_uri(self.uri)
+            if self.mount_path is not None and not self.mount_path.startswith("/"):
+                raise ValueError(f"baseModel.mountPath must be an absolute path (got {self.mount_path!r})")
+            return self
+        if self.uri.startswith("hf://"):
+            parse_hf_uri(self.uri)  # downloaded by hf_hub.fetch_hf_model
+            return self
         if not self.uri.startswith("s3://"):
-            raise ValueError(f"baseModel.uri must start with s3:// (got {self.uri!r})")
+            raise ValueError(f"baseModel.uri must start with s3://, pvc:// or hf:// (got {self.uri!r})")
         return self
+
+    @property
+    def local_path(self) -> Path | None:
+        """Where a pvc:// model is in this pod (<mountPath>/<path>); None for a model that is fetched."""
+        if not self.uri.startswith("pvc://"):
+            return None
+        _, path = parse_pvc_uri(self.uri)
+        root = Path(self.mount_path or PVC_MOUNT_PATH)
+        return root / path if path else root
 
 
 class DatasetSpec(_Model):

@@ -1,5 +1,8 @@
 """Fetch the base model from S3 and load it: a Hugging Face directory or a single .gguf file.
 
+A pvc:// model is already in the pod (the operator mounts the claim read-only): it is checked and
+loaded in place, nothing is copied.
+
 Safety: safetensors only (a directory holding only pickle weights is refused) and
 `trust_remote_code=False`: the trainer never executes code that came with a model.
 """
@@ -12,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .exitcodes import InvalidInputError
+from .config import BaseModelSpec
+from .exitcodes import InvalidInputError, TransientIOError
 from .s3io import S3, S3Uri
 
 log = logging.getLogger(__name__)
@@ -30,12 +34,22 @@ class LocalModel:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
-def fetch_model(s3: S3, uri: str, dest: Path, weights: bool = True) -> LocalModel:
+def fetch_model(
+    s3: S3, uri: str, dest: Path, weights: bool = True, *, mount_path: str | None = None
+) -> LocalModel:
     """Download the model (config + safetensors + tokenizer, or one .gguf) into dest.
 
     With weights=False (validate-only, on a small CPU pod) the safetensors shards are not
     downloaded; their headers are read with ranged GETs instead to prove they are readable.
+    A pvc:// model (mounted at mount_path, see BaseModelSpec) is used where it is.
     """
+    local = BaseModelSpec(uri=uri, mount_path=mount_path).local_path if uri.startswith("pvc://") else None
+    if local is not None:
+        return local_model(local, uri)
+    if uri.startswith("hf://"):
+        from .hf_hub import fetch_hf_model
+
+        return fetch_hf_model(uri, dest, weights)
     src = S3Uri.parse(uri)
     if src.key.endswith(".gguf"):
         name = src.key.rsplit("/", 1)[-1]
@@ -68,6 +82,72 @@ def fetch_model(s3: S3, uri: str, dest: Path, weights: bool = True) -> LocalMode
         if not target.exists():
             s3.download_file(S3Uri(prefix.bucket, key), target)
     return LocalModel(dest, None)
+
+
+def local_model(path: Path, uri: str) -> LocalModel:
+    """A model on a volume the pod mounts (pvc://): a Hugging Face directory or one .gguf file.
+
+    Checked like an S3 model (config.json, safetensors only) plus each weights file's header, and
+    used in place. Errors name the URI and the path in the pod.
+    """
+    where = f"baseModel.uri {uri} ({path} in the pod)"
+    try:
+        if path.is_file():
+            if not path.name.lower().endswith(".gguf"):
+                raise InvalidInputError(
+                    f"{where} is a file but not a .gguf file: point baseModel.uri at a Hugging Face "
+                    "model directory or at one .gguf file"
+                )
+            _check_local_header(path, where)
+            return LocalModel(path.parent, path.name)
+        if not path.is_dir():
+            raise InvalidInputError(
+                f"{where} does not exist: check the claim's contents and the path after the claim's name"
+            )
+        files = {p.name: p for p in path.iterdir() if p.is_file()}
+        if "config.json" not in files:
+            ggufs = sorted(n for n in files if n.lower().endswith(".gguf"))
+            hint = f"; it holds {ggufs[0]}: point baseModel.uri at that file" if ggufs else ""
+            raise InvalidInputError(
+                f"{where} has no config.json: it must be a Hugging Face model directory or one .gguf file{hint}"
+            )
+        weights = sorted(n for n in files if n.endswith(".safetensors"))
+        if not weights:
+            raise InvalidInputError(
+                f"{where} has no .safetensors weights (pickle .bin weights are refused for safety); "
+                "convert the model to safetensors"
+            )
+        for name in weights:
+            _check_local_header(files[name], f"{where}: {name}")
+    except PermissionError as exc:
+        raise InvalidInputError(
+            f"{where} is not readable ({exc.strerror}: {exc.filename}): the trainer runs as uid 1000, "
+            "make the files readable to it"
+        ) from exc
+    except InvalidInputError:
+        raise
+    except OSError as exc:
+        raise TransientIOError(f"reading {where}: {exc}") from exc
+    return LocalModel(path, None)
+
+
+def _check_local_header(path: Path, where: str) -> None:
+    """The file starts like a GGUF file or a safetensors file (by its suffix)."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if path.name.lower().endswith(".gguf"):
+            if head[:4] != b"GGUF":
+                raise InvalidInputError(f"{where} is not a GGUF file (no GGUF magic number)")
+            return
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if size <= 0 or size > 100 * 1024 * 1024:
+            raise InvalidInputError(f"{where} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(handle.read(size))
+        except ValueError as exc:
+            raise InvalidInputError(f"{where} is not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{where} is not a safetensors file (header is not an object)")
 
 
 def _check_safetensors_header(s3: S3, uri: S3Uri) -> None:

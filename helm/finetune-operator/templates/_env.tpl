@@ -25,6 +25,8 @@ replicas would otherwise fight over one port.
   value: {{ include "fto.pricesName" . | quote }}
 - name: FTO_S3_ENDPOINT
   value: {{ .Values.operator.s3Endpoint | quote }}
+- name: FTO_HF_ENDPOINT
+  value: {{ .Values.huggingface.endpoint | quote }}
 - name: FTO_RESYNC_SECONDS
   value: {{ .Values.operator.resyncSeconds | quote }}
 - name: FTO_PROGRESS_INTERVAL

@@ -39,9 +39,14 @@ S3_PREFIX_OR_KEY: Final = rf"^s3://{BUCKET}/\S+$"
 S3_OBJECT: Final = rf"^s3://{BUCKET}/\S*[^/\s]$"
 S3_OUTPUT_PREFIX: Final = rf"^s3://{BUCKET}/\S*[^/\s]/?$"
 PVC_URI: Final = r"^pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/\S*)?$"
+# hf://<org>/<name>[@<revision>][/<file>.gguf]; finetune_trainer.hf_hub parses the same pattern.
+HF_NAME: Final = r"[A-Za-z0-9](?:[-._]?[A-Za-z0-9_]){0,95}"
 HF_URI: Final = (
-    r"^hf://[A-Za-z0-9][-A-Za-z0-9_.]{0,95}/[A-Za-z0-9][-A-Za-z0-9_.]{0,95}(@[-A-Za-z0-9_./]{1,255})?$"
+    rf"^hf://{HF_NAME}/{HF_NAME}(@(refs/pr/[0-9]{{1,10}}|[-A-Za-z0-9_.]{{1,255}}))?"
+    r"(/[-A-Za-z0-9_]([-A-Za-z0-9_.]|/[-A-Za-z0-9_])*\.gguf)?$"
 )
+# A key of a Secret's or ConfigMap's data.
+DATA_KEY: Final = r"^[-._a-zA-Z0-9]+$"
 DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE: Final = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 CPU_QUANTITY: Final = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
@@ -208,8 +213,17 @@ class LRScheduler(StrEnum):
         return self.value.replace("-", "_")
 
 
+class SecretKeyRef(_SpecModel):
+    """One key of a Secret in the job's namespace (read by the pods through secretKeyRef)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DATA_KEY)] = "HF_TOKEN"
+
+
 class BaseModelSource(_SpecModel):
     uri: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    # hf:// only: the Hugging Face token (HF_TOKEN in the pods) for private and gated repositories.
+    token_secret_ref: SecretKeyRef | None = None
 
     @field_validator("uri")
     @classmethod
@@ -217,7 +231,7 @@ class BaseModelSource(_SpecModel):
         if ".." in value or not any(re.fullmatch(p, value) for p in (S3_PREFIX_OR_KEY, PVC_URI, HF_URI)):
             raise ValueError(
                 "baseModel.uri must be s3://<bucket>/<prefix-or-key>, pvc://<claim>/<path> or "
-                "hf://<org>/<name>[@<revision>]"
+                "hf://<org>/<name>[@<revision>][/<file>.gguf]"
             )
         if value.startswith("s3://") and not value.endswith(("/", ".gguf")):
             raise ValueError(
@@ -228,6 +242,15 @@ class BaseModelSource(_SpecModel):
             raise ValueError("baseModel.uri on a PVC must be the model directory or one .gguf file")
         _check_uri_shape("baseModel.uri", value)
         return value
+
+    @model_validator(mode="after")
+    def _check_token(self) -> BaseModelSource:
+        if self.token_secret_ref is not None and not self.uri.startswith("hf://"):
+            raise ValueError(
+                "baseModel.tokenSecretRef is the Hugging Face token of an hf:// base model; remove it, or use "
+                "an hf:// uri"
+            )
+        return self
 
     @property
     def scheme(self) -> str:
