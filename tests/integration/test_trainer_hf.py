@@ -22,6 +22,7 @@ from tests.integration.test_trainer_support import (
     chat_rows,
     get_json,
     list_keys,
+    lora_config,
     put_jsonl,
     run_in_process,
     run_trainer,
@@ -73,22 +74,17 @@ def hf_env(hub: HubServer, **more: str) -> dict[str, str]:
 
 
 def config(bucket: str, model_uri: str, train: str, out: str, epochs: int = 1) -> dict[str, Any]:
-    return {
-        "baseModel": {"uri": model_uri},
-        "dataset": {"train": train, "validationSplit": "0.25"},
-        "output": {"uri": f"s3://{bucket}/{out}/"},
-        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}},
-        "hyperparameters": {
-            "epochs": epochs,
-            "learningRate": "3e-3",
-            "batchSize": 6,
-            "maxSeqLength": 128,
-            "warmupRatio": "0",
-        },
-        "checkpointing": {"everySteps": 4, "keep": 1},
-        "job": {"namespace": "test", "name": out},
-        "eval": {"maxExamples": 4, "maxNewTokens": 8},
-    }
+    return lora_config(
+        bucket,
+        model_uri,
+        train,
+        out,
+        validation_split="0.25",
+        epochs=epochs,
+        batch_size=6,
+        keep=1,
+        max_examples=4,
+    )
 
 
 @dataclass

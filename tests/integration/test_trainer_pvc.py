@@ -16,6 +16,7 @@ from tests.integration.test_trainer_support import (
     chat_rows,
     get_json,
     list_keys,
+    lora_config,
     put_jsonl,
     run_in_process,
     run_trainer,
@@ -26,22 +27,9 @@ from tests.support.operator import s3_client
 
 
 def pvc_config(bucket: str, uri: str, mount: Path, train: str, out: str) -> dict[str, Any]:
-    return {
-        "baseModel": {"uri": uri, "mountPath": str(mount)},
-        "dataset": {"train": train, "validationSplit": "0.2"},
-        "output": {"uri": f"s3://{bucket}/{out}/"},
-        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}},
-        "hyperparameters": {
-            "epochs": 2,
-            "learningRate": "3e-3",
-            "batchSize": 8,
-            "maxSeqLength": 128,
-            "warmupRatio": "0",
-        },
-        "checkpointing": {"everySteps": 4, "keep": 1},
-        "job": {"namespace": "test", "name": out},
-        "eval": {"maxExamples": 4, "maxNewTokens": 8},
-    }
+    config = lora_config(bucket, uri, train, out, validation_split="0.2", keep=1, max_examples=4)
+    config["baseModel"]["mountPath"] = str(mount)
+    return config
 
 
 def digest_tree(root: Path) -> dict[str, str]:

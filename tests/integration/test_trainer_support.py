@@ -150,3 +150,40 @@ def list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         out.extend(o["Key"] for o in page.get("Contents", []))
     return out
+
+
+def lora_config(
+    bucket: str,
+    model_uri: str,
+    train: str,
+    out: str,
+    *,
+    validation: str | None = None,
+    validation_split: str | None = None,
+    epochs: int = 2,
+    batch_size: int = 8,
+    keep: int = 2,
+    max_examples: int = 6,
+) -> dict[str, Any]:
+    """A trainer config for the tiny models: a small LoRA, a high learning rate, few steps."""
+    dataset: dict[str, Any] = {"train": train}
+    if validation:
+        dataset["validation"] = validation
+    if validation_split:
+        dataset["validationSplit"] = validation_split
+    return {
+        "baseModel": {"uri": model_uri},
+        "dataset": dataset,
+        "output": {"uri": f"s3://{bucket}/{out}/"},
+        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}},
+        "hyperparameters": {
+            "epochs": epochs,
+            "learningRate": "3e-3",
+            "batchSize": batch_size,
+            "maxSeqLength": 128,
+            "warmupRatio": "0",
+        },
+        "checkpointing": {"everySteps": 4, "keep": keep},
+        "job": {"namespace": "test", "name": out},
+        "eval": {"maxExamples": max_examples, "maxNewTokens": 8},
+    }

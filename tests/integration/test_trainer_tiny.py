@@ -20,6 +20,7 @@ from tests.integration.test_trainer_support import (
     finish,
     get_json,
     list_keys,
+    lora_config,
     put_jsonl,
     run_in_process,
     run_trainer,
@@ -32,25 +33,7 @@ from tests.support.operator import s3_client
 
 
 def base_config(bucket: str, model_uri: str, train: str, validation: str | None, out: str) -> dict[str, Any]:
-    dataset: dict[str, Any] = {"train": train}
-    if validation:
-        dataset["validation"] = validation
-    return {
-        "baseModel": {"uri": model_uri},
-        "dataset": dataset,
-        "output": {"uri": f"s3://{bucket}/{out}/"},
-        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}},
-        "hyperparameters": {
-            "epochs": 2,
-            "learningRate": "3e-3",
-            "batchSize": 8,
-            "maxSeqLength": 128,
-            "warmupRatio": "0",
-        },
-        "checkpointing": {"everySteps": 4, "keep": 2},
-        "job": {"namespace": "test", "name": out},
-        "eval": {"maxExamples": 6, "maxNewTokens": 8},
-    }
+    return lora_config(bucket, model_uri, train, out, validation=validation)
 
 
 @pytest.fixture
