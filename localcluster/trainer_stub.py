@@ -10,9 +10,16 @@ validate  reads dataset.train from S3 and checks every line is a JSON object wit
           naming the line, exit 42. A missing object or denied access: exit 42 with that reason.
           A pvc:// base model is checked where the pod mounts it, with the trainer's own check
           (finetune_trainer.model_loading.local_model): not there or not a model, exit 42 (InvalidModel).
+          An hf:// base model is checked with the trainer's own validate-only path
+          (finetune_trainer.hf_hub.fetch_hf_model(uri, $SCRATCH_DIR/model, weights=False): model info,
+          the small files and the safetensors headers, through $HF_ENDPOINT with $HF_TOKEN, never the
+          weights). Its errors are reported as the real trainer reports them: InvalidInputError is
+          exit 42, reason InvalidInput, message `invalid input: baseModel: <what to change>` (the operator
+          narrows it to AccessDenied or InvalidModel from the message, as for the real trainer);
+          TransientIOError is exit 75, reason TransientIO.
           s3:// base models are not looked at.
           Passing: exit 0 with {"result": "Validated", "rows": N, "tokens": T} (T ~ characters / 4).
-train     serves /metrics on $POD_IP:$METRICS_PORT, advances one step every `stepSeconds`, writes
+train     checks the base model as validate does, serves /metrics on $POD_IP:$METRICS_PORT, advances one step every `stepSeconds`, writes
           `<output>/checkpoints/step-N/COMPLETE` every checkpointing.everySteps, resumes from the last
           complete checkpoint, on SIGTERM writes a checkpoint and exits 76, and at the end writes
           adapter/adapter_model.safetensors, reports/result.json and a summary, exit 0.
@@ -44,6 +51,7 @@ import boto3
 import botocore.exceptions
 from finetune_trainer.config import TrainerConfig, load_config
 from finetune_trainer.exitcodes import InvalidInputError, TransientIOError
+from finetune_trainer.hf_hub import SCHEME as HF_SCHEME
 from finetune_trainer.metrics_server import create_metrics, serve
 from finetune_trainer.model_loading import local_model
 
@@ -167,7 +175,11 @@ def read_dataset(cfg: TrainerConfig, store: Store) -> tuple[dict[str, Any], int,
 
 
 def check_base_model(cfg: TrainerConfig) -> None:
-    """A pvc:// model must be in the pod, mounted where the config says (StubError 42 otherwise)."""
+    """A pvc:// model must be in the pod, mounted where the config says; an hf:// model must pass the
+    trainer's validate-only Hub check (StubError 42 or 75 otherwise)."""
+    if cfg.base_model.uri.startswith(HF_SCHEME):
+        check_hf_model(cfg.base_model.uri)
+        return
     path = cfg.base_model.local_path
     if path is None:
         return
@@ -177,6 +189,21 @@ def check_base_model(cfg: TrainerConfig) -> None:
         raise StubError(EXIT_INVALID, "InvalidModel", str(err)) from err
     except TransientIOError as err:
         raise StubError(EXIT_TRANSIENT, "TransientIO", str(err)) from err
+
+
+def check_hf_model(uri: str) -> None:
+    """The real trainer's validate-only download (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE from the pod)."""
+    # Imported here: huggingface_hub and transformers are only needed for hf:// models.
+    from finetune_trainer.hf_hub import fetch_hf_model
+
+    scratch = Path(os.environ.get("SCRATCH_DIR", "/scratch"))
+    try:
+        fetch_hf_model(uri, scratch / "model", weights=False)
+    except InvalidInputError as err:
+        # As finetune_trainer.validate.run_checks files it and __main__ reports it.
+        raise StubError(EXIT_INVALID, err.reason, f"invalid input: baseModel: {err}") from err
+    except TransientIOError as err:
+        raise StubError(EXIT_TRANSIENT, err.reason, str(err)) from err
 
 
 def validate(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
