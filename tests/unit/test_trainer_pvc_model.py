@@ -86,7 +86,8 @@ def test_fetch_model_resolves_pvc_under_the_mount_without_s3_or_copies(tmp_path:
     dest = tmp_path / "scratch" / "model"
     # Nothing listens on port 9: any S3 call would fail.
     s3 = S3("http://127.0.0.1:9", "us-east-1", attempts=1)
-    model = fetch_model(s3, "pvc://models/llm/tiny", dest, weights=True, mount_path=str(tmp_path / "mnt"))
+    source = BaseModelSpec(uri="pvc://models/llm/tiny", mount_path=str(tmp_path / "mnt"))
+    model = fetch_model(s3, source, dest, weights=True)
     assert model.directory == tmp_path / "mnt" / "llm" / "tiny"
     assert not dest.exists()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,16 @@ class LocalModel:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
-def fetch_model(
-    s3: S3, uri: str, dest: Path, weights: bool = True, *, mount_path: str | None = None
-) -> LocalModel:
+def fetch_model(s3: S3, source: BaseModelSpec, dest: Path, weights: bool = True) -> LocalModel:
     """Download the model (config + safetensors + tokenizer, or one .gguf) into dest.
 
     With weights=False (validate-only, on a small CPU pod) the safetensors shards are not
     downloaded; their headers are read with ranged GETs instead to prove they are readable.
-    A pvc:// model (mounted at mount_path, see BaseModelSpec) is used where it is.
+    A pvc:// model (mounted at source.mount_path) is used where it is.
     """
-    local = BaseModelSpec(uri=uri, mount_path=mount_path).local_path if uri.startswith("pvc://") else None
-    if local is not None:
-        return local_model(local, uri)
+    uri = source.uri
+    if source.local_path is not None:
+        return local_model(source.local_path, uri)
     if uri.startswith("hf://"):
         from .hf_hub import fetch_hf_model
 
@@ -134,34 +133,35 @@ def local_model(path: Path, uri: str) -> LocalModel:
 def _check_local_header(path: Path, where: str) -> None:
     """The file starts like a GGUF file or a safetensors file (by its suffix)."""
     with path.open("rb") as handle:
-        head = handle.read(8)
         if path.name.lower().endswith(".gguf"):
-            if head[:4] != b"GGUF":
+            if handle.read(4) != b"GGUF":
                 raise InvalidInputError(f"{where} is not a GGUF file (no GGUF magic number)")
             return
-        size = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if size <= 0 or size > 100 * 1024 * 1024:
-            raise InvalidInputError(f"{where} is not a safetensors file (bad header length)")
-        try:
-            header = json.loads(handle.read(size))
-        except ValueError as exc:
-            raise InvalidInputError(f"{where} is not a safetensors file (header is not JSON)") from exc
-    if not isinstance(header, dict):
-        raise InvalidInputError(f"{where} is not a safetensors file (header is not an object)")
+
+        def read(first: int, last: int) -> bytes:
+            handle.seek(first)
+            return handle.read(last - first + 1)
+
+        _check_safetensors_bytes(read, where)
 
 
 def _check_safetensors_header(s3: S3, uri: S3Uri) -> None:
-    # Layout: 8-byte little-endian header length, then a JSON header describing the tensors.
-    head = s3.get_range(uri, 0, 7)
+    _check_safetensors_bytes(lambda first, last: s3.get_range(uri, first, last), str(uri))
+
+
+def _check_safetensors_bytes(read: Callable[[int, int], bytes], where: str) -> None:
+    """read(first, last) gives bytes first..last inclusive (an HTTP range, or a seek in a local file).
+    Layout: 8-byte little-endian header length, then a JSON header describing the tensors."""
+    head = read(0, 7)
     size = int.from_bytes(head, "little") if len(head) == 8 else -1
     if size <= 0 or size > 100 * 1024 * 1024:
-        raise InvalidInputError(f"{uri} is not a safetensors file (bad header length)")
+        raise InvalidInputError(f"{where} is not a safetensors file (bad header length)")
     try:
-        header = json.loads(s3.get_range(uri, 8, 8 + size - 1))
+        header = json.loads(read(8, 8 + size - 1))
     except ValueError as exc:
-        raise InvalidInputError(f"{uri} is not a safetensors file (header is not JSON)") from exc
+        raise InvalidInputError(f"{where} is not a safetensors file (header is not JSON)") from exc
     if not isinstance(header, dict):
-        raise InvalidInputError(f"{uri} is not a safetensors file (header is not an object)")
+        raise InvalidInputError(f"{where} is not a safetensors file (header is not an object)")
 
 
 def load_tokenizer(model: LocalModel) -> Any:

@@ -206,13 +206,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     model: LocalModel | None = None
     tokenizer: Any = None
     try:
-        model = fetch_model(
-            s3,
-            cfg.base_model.uri,
-            scratch / "model",
-            weights=full_model,
-            mount_path=cfg.base_model.mount_path,
-        )
+        model = fetch_model(s3, cfg.base_model, scratch / "model", weights=full_model)
         report.info["baseModel"] = {"uri": cfg.base_model.uri, "loadable": True, **check_loadable(model)}
         tokenizer = load_tokenizer(model)
     except InvalidInputError as exc:
