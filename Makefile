@@ -16,6 +16,7 @@ help:
 	@echo "make cluster-down  stop everything cluster-up started"
 	@echo "make cluster-clean stop and delete the local environment's state (.dev/)"
 	@echo "make lint          ruff + mypy"
+	@echo "make generate      write the CRD and the API field tables from the models"
 	@echo "make bench         all benchmarks (results in docs/benchmarks.md)"
 
 # --- installation -------------------------------------------------------------------------
@@ -72,7 +73,13 @@ cluster-clean:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/finetune_operator trainer_image/finetune_trainer localcluster tests
+	$(VENV)/bin/mypy contract/finetune_contract operator/finetune_operator trainer_image/finetune_trainer localcluster tests
+
+# The CRD (and the chart's copy) and the field tables of docs/api.md come from the API models;
+# tests/unit/test_generated.py fails when one is stale.
+.PHONY: generate
+generate: venv
+	$(PY) -m finetune_operator.api.generate
 
 .PHONY: test-unit
 test-unit: tools

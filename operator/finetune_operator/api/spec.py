@@ -1,53 +1,71 @@
-"""The FineTuneJob spec as pydantic models (camelCase on the wire, snake_case in Python).
+"""The FineTuneJob spec: the contract's `TrainingSpec` plus what only the cluster needs.
 
-The CRD (crds/finetune.dev_finetunejobs.yaml) is the contract; these models mirror it field by field
-(tests/unit/test_api_models.py walks both) and repeat its CEL rules, so that a body the API server
-accepted always parses and a hand-built spec (tests, tools) fails the same way it would at apply time.
-
-Spec models forbid unknown fields: the API server prunes fields the CRD does not know, so an unknown
-field here means the CRD is newer than the operator, and silently dropping a user's setting (say a new
-limit) would be worse than refusing the job loudly.
+The CRD (crds/finetune.dev_finetunejobs.yaml) is generated from these models (`make generate`,
+`finetune_operator.api.crd`), so a field is declared once. Spec models forbid unknown fields: the API
+server prunes fields the CRD does not know, so an unknown field here means the CRD is newer than the
+operator, and silently dropping a user's setting (say a new limit) would be worse than refusing the job
+loudly.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    StringConstraints,
-    field_validator,
-    model_validator,
+from finetune_contract.spec import (
+    BaseModelSource,
+    Checkpointing,
+    Dataset,
+    DatasetFormat,
+    EarlyStopping,
+    Hyperparameters,
+    LoRA,
+    LRScheduler,
+    Method,
+    MethodType,
+    Output,
+    S3Location,
+    SecretKeyRef,
+    SecretRef,
+    TrainingSpec,
 )
-from pydantic.alias_generators import to_camel
+from finetune_contract.wire import (
+    DECIMAL_STRING_PATTERN,
+    FLOAT_STRING_PATTERN,
+    Cel,
+    Crd,
+    DecimalString,
+    WireModel,
+    immutable,
+)
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, field_validator, model_validator
 
-# Decimal or exponent notation, no sign: "2e-4", "0.05", "1", "1.5E+2". The exponent has at most two
-# digits so every accepted string is a finite double (CEL's double() would fail on "1e400").
-FLOAT_STRING_PATTERN: Final = r"^[0-9]{1,10}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,2})?$"
-# Money and GPU-hours: plain decimals, so sums and comparisons are exact.
-DECIMAL_STRING_PATTERN: Final = r"^[0-9]{1,9}(\.[0-9]{1,4})?$"
-BUCKET: Final = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-S3_PREFIX_OR_KEY: Final = rf"^s3://{BUCKET}/\S+$"
-S3_OBJECT: Final = rf"^s3://{BUCKET}/\S*[^/\s]$"
-S3_OUTPUT_PREFIX: Final = rf"^s3://{BUCKET}/\S*[^/\s]/?$"
-PVC_URI: Final = r"^pvc://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(/\S*)?$"
-# hf://<org>/<name>[@<revision>][/<file>.gguf]; finetune_trainer.hf_hub parses the same pattern.
-HF_NAME: Final = r"[A-Za-z0-9](?:[-._]?[A-Za-z0-9_]){0,95}"
-HF_URI: Final = (
-    rf"^hf://{HF_NAME}/{HF_NAME}(@(refs/pr/[0-9]{{1,10}}|[-A-Za-z0-9_.]{{1,255}}))?"
-    r"(/[-A-Za-z0-9_]([-A-Za-z0-9_.]|/[-A-Za-z0-9_])*\.gguf)?$"
-)
-# A key of a Secret's or ConfigMap's data.
-DATA_KEY: Final = r"^[-._a-zA-Z0-9]+$"
-DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+__all__ = [
+    "DECIMAL_STRING_PATTERN",
+    "FLOAT_STRING_PATTERN",
+    "BaseModelSource",
+    "Budget",
+    "Checkpointing",
+    "Dataset",
+    "DatasetFormat",
+    "EarlyStopping",
+    "FineTuneJobSpec",
+    "Hyperparameters",
+    "LRScheduler",
+    "LoRA",
+    "Method",
+    "MethodType",
+    "Output",
+    "Resources",
+    "Retries",
+    "SecretKeyRef",
+    "Storage",
+    "Toleration",
+    "quantity_value",
+]
+
 LABEL_VALUE: Final = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 CPU_QUANTITY: Final = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
 # Kubernetes suffixes: k M G T P E (powers of 1000; a capital K is not one), Ki ... Ei (powers of 1024).
@@ -61,51 +79,16 @@ _SUFFIXES: Final = {
 # are unit mistakes, refused like the CRD does.
 MIN_MEMORY_BYTES: Final = 256 * 1024**2
 MAX_CPU: Final = 1024
-# Characters that make an S3 URI a pattern or a URL with a query instead of one object or prefix.
-URI_WILDCARDS: Final = r"[*?#\[\]{}]"
-EMPTY_SEGMENT: Final = r"^[a-z0-9]+://.*//"
-# Files that are not JSONL; a model file or a config is not a model directory; an output is a prefix.
-NOT_JSONL: Final = (
-    r"(?i)\.(csv|tsv|parquet|arrow|feather|xlsx|xls|avro|orc|pkl|pickle|npy|npz|safetensors|gguf"
-    r"|zip|gz|tgz|tar|bz2|xz|zst|7z)$"
-)
-MODEL_FILE: Final = r"(?i)\.(safetensors|bin|pt|pth|ckpt|json|onnx|h5|msgpack|zip|gz|tgz|tar|bz2|xz|zst|7z)$"
-OUTPUT_FILE: Final = r"(?i)\.(safetensors|bin|gguf|pt|pth|ckpt|onnx|json|jsonl|csv|parquet|zip|gz|tgz|tar)$"
-# http(s)://host[:port][/path]: a DNS name or IPv4 address, or an IPv6 address in brackets; port 1-65535.
-ENDPOINT: Final = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
-ENDPOINT_HOST_PORT: Final = (
-    r"^https?://([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
-    r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/|$)"
-)
-ALL_LINEAR_TYPO: Final = r"(?i)^all([-_.]?linear(s|-layers)?)?$"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 # A qualified name (optional DNS-subdomain prefix and "/"), or empty: taint and label keys.
 TAINT_KEY: Final = (
     r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 )
-ALL_LINEAR: Final = "all-linear"
-DEFAULT_VALIDATION_SPLIT: Final = 0.1
-
-
-def _parse_float_string(value: object) -> object:
-    """Turn the CRD's float strings into floats; numbers pass through for Python callers."""
-    if isinstance(value, str):
-        if not re.fullmatch(FLOAT_STRING_PATTERN, value):
-            raise ValueError(f'must be a decimal or exponent string such as "2e-4" or "0.05", not {value!r}')
-        return float(value)
-    return value
-
-
-def _parse_decimal_string(value: object) -> object:
-    if isinstance(value, str):
-        if not re.fullmatch(DECIMAL_STRING_PATTERN, value):
-            raise ValueError(f'must be a decimal string such as "50" or "12.50", not {value!r}')
-        try:
-            return Decimal(value)
-        except InvalidOperation as err:  # unreachable after the pattern, kept for a clear message
-            raise ValueError(f"not a decimal: {value!r}") from err
-    return value
+LABEL_KEY: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 
 
 def quantity_value(value: str) -> Decimal:
@@ -137,13 +120,6 @@ def _quantity(pattern: str) -> Any:
     return BeforeValidator(parse)
 
 
-# A float on the Python side, a string on the wire ("2e-4" comes back as "0.0002": same value).
-FloatString = Annotated[float, BeforeValidator(_parse_float_string), PlainSerializer(repr, return_type=str)]
-DecimalString = Annotated[
-    Decimal, BeforeValidator(_parse_decimal_string), PlainSerializer(str, return_type=str)
-]
-
-
 def _check_cpu(value: str) -> str:
     if quantity_value(value) > MAX_CPU:
         raise ValueError(
@@ -163,275 +139,33 @@ def _check_memory(value: str) -> str:
 
 
 CpuQuantity = Annotated[
-    str, AfterValidator(_check_cpu), _quantity(CPU_QUANTITY), StringConstraints(max_length=32)
+    str,
+    AfterValidator(_check_cpu),
+    _quantity(CPU_QUANTITY),
+    StringConstraints(max_length=32),
+    Crd(type=None, x__kubernetes__int__or__string=True, pattern=CPU_QUANTITY),
 ]
 MemoryQuantity = Annotated[
-    str, AfterValidator(_check_memory), _quantity(MEMORY_QUANTITY), StringConstraints(max_length=32)
+    str,
+    AfterValidator(_check_memory),
+    _quantity(MEMORY_QUANTITY),
+    StringConstraints(max_length=32),
+    Crd(type=None, x__kubernetes__int__or__string=True, pattern=MEMORY_QUANTITY),
+]
+LabelValue = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=LABEL_VALUE),
+    Crd(description="A label value (at most 63 characters)."),
 ]
 
 
-class _SpecModel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="forbid",
-        frozen=True,
-    )
+class Storage(S3Location):
+    """The S3-compatible object store that holds the dataset, the outputs and s3:// base models (AWS S3,
+    MinIO, SeaweedFS, Ceph RGW ...). Immutable."""
 
-
-def _with_slash(uri: str) -> str:
-    return uri if uri.endswith("/") else uri + "/"
-
-
-class MethodType(StrEnum):
-    LORA = "lora"
-    QLORA = "qlora"
-    FULL = "full"
-
-
-class DatasetFormat(StrEnum):
-    AUTO = "auto"
-    CHAT = "chat"
-    PROMPT_COMPLETION = "prompt-completion"
-    TEXT = "text"
-
-
-class LRScheduler(StrEnum):
-    LINEAR = "linear"
-    COSINE = "cosine"
-    COSINE_WITH_RESTARTS = "cosine-with-restarts"
-    POLYNOMIAL = "polynomial"
-    CONSTANT = "constant"
-    CONSTANT_WITH_WARMUP = "constant-with-warmup"
-    INVERSE_SQRT = "inverse-sqrt"
-
-    @property
-    def transformers_name(self) -> str:
-        """The transformers SchedulerType value (the API uses '-' like its other enums)."""
-        return self.value.replace("-", "_")
-
-
-class SecretKeyRef(_SpecModel):
-    """One key of a Secret in the job's namespace (read by the pods through secretKeyRef)."""
-
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
-    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DATA_KEY)] = "HF_TOKEN"
-
-
-class BaseModelSource(_SpecModel):
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-    # hf:// only: the Hugging Face token (HF_TOKEN in the pods) for private and gated repositories.
-    token_secret_ref: SecretKeyRef | None = None
-
-    @field_validator("uri")
-    @classmethod
-    def _check_uri(cls, value: str) -> str:
-        if ".." in value or not any(re.fullmatch(p, value) for p in (S3_PREFIX_OR_KEY, PVC_URI, HF_URI)):
-            raise ValueError(
-                "baseModel.uri must be s3://<bucket>/<prefix-or-key>, pvc://<claim>/<path> or "
-                "hf://<org>/<name>[@<revision>][/<file>.gguf]"
-            )
-        if value.startswith("s3://") and not value.endswith(("/", ".gguf")):
-            raise ValueError(
-                'baseModel.uri in S3 must be the model directory ending in "/" or one .gguf file, '
-                "not a single weights or config file"
-            )
-        if value.startswith("pvc://") and re.search(MODEL_FILE, value):
-            raise ValueError("baseModel.uri on a PVC must be the model directory or one .gguf file")
-        _check_uri_shape("baseModel.uri", value)
-        return value
-
-    @model_validator(mode="after")
-    def _check_token(self) -> BaseModelSource:
-        if self.token_secret_ref is not None and not self.uri.startswith("hf://"):
-            raise ValueError(
-                "baseModel.tokenSecretRef is the Hugging Face token of an hf:// base model; remove it, or use "
-                "an hf:// uri"
-            )
-        return self
-
-    @property
-    def scheme(self) -> str:
-        return self.uri.split("://", 1)[0]
-
-    @property
-    def is_gguf(self) -> bool:
-        return self.uri.lower().endswith(".gguf")
-
-
-def _check_uri_shape(field: str, value: str) -> None:
-    if re.search(URI_WILDCARDS, value):
-        raise ValueError(f"{field} must not contain wildcards or a query (*, ?, #, [ ], {{ }})")
-    if re.search(EMPTY_SEGMENT, value):
-        raise ValueError(f'{field} must not contain an empty path segment ("//")')
-
-
-def _check_s3_object(field: str, value: str) -> str:
-    if ".." in value or not re.fullmatch(S3_OBJECT, value):
-        raise ValueError(f"{field} must be s3://<bucket>/<key> of one JSONL object (only s3:// is supported)")
-    _check_uri_shape(field, value)
-    if re.search(NOT_JSONL, value):
-        raise ValueError(f"{field} must be an uncompressed JSONL file (one JSON object per line)")
-    return value
-
-
-class Dataset(_SpecModel):
-    train: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-    validation: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
-    validation_split: Annotated[FloatString, Field(gt=0.0, le=0.5)] | None = None
-    format: DatasetFormat = DatasetFormat.AUTO
-    test: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
-
-    @field_validator("train")
-    @classmethod
-    def _check_train(cls, value: str) -> str:
-        return _check_s3_object("dataset.train", value)
-
-    @field_validator("validation")
-    @classmethod
-    def _check_validation(cls, value: str | None) -> str | None:
-        return None if value is None else _check_s3_object("dataset.validation", value)
-
-    @field_validator("test")
-    @classmethod
-    def _check_test(cls, value: str | None) -> str | None:
-        return None if value is None else _check_s3_object("dataset.test", value)
-
-    @model_validator(mode="after")
-    def _check_eval_source(self) -> Dataset:
-        if self.validation is not None and self.validation_split is not None:
-            raise ValueError("dataset.validation and dataset.validationSplit exclude each other")
-        if self.validation is not None and self.validation == self.train:
-            raise ValueError("dataset.validation must differ from dataset.train")
-        if self.test is not None and self.test in (self.train, self.validation):
-            raise ValueError("dataset.test must differ from dataset.train and dataset.validation")
-        return self
-
-    @property
-    def effective_validation_split(self) -> float | None:
-        """The fraction of train held out, or None when a validation file is given."""
-        if self.validation is not None:
-            return None
-        return self.validation_split if self.validation_split is not None else DEFAULT_VALIDATION_SPLIT
-
-
-class Output(_SpecModel):
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-
-    @field_validator("uri")
-    @classmethod
-    def _check_uri(cls, value: str) -> str:
-        if ".." in value or not re.fullmatch(S3_OUTPUT_PREFIX, value):
-            raise ValueError("output.uri must be s3://<bucket>/<prefix>/ (only s3:// is supported)")
-        _check_uri_shape("output.uri", value)
-        if re.search(OUTPUT_FILE, value):
-            raise ValueError("output.uri is a prefix (a directory) the job writes under, not a file")
-        return value
-
-    @property
-    def prefix(self) -> str:
-        """The output location with its implied trailing '/', for joining child paths."""
-        return _with_slash(self.uri)
-
-
-class SecretRef(_SpecModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
-
-
-class Storage(_SpecModel):
-    endpoint: Annotated[str, StringConstraints(max_length=512, pattern=ENDPOINT)] | None = None
-    region: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = (
-        "us-east-1"
-    )
     credentials_secret_ref: SecretRef
-
-    @field_validator("endpoint")
-    @classmethod
-    def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(ENDPOINT_HOST_PORT, value):
-            raise ValueError(
-                "storage.endpoint must be http(s)://<host>[:<port>] with a host name or IP address and a port "
-                "from 1 to 65535"
-            )
-        return value
-
-
-class LoRA(_SpecModel):
-    r: Annotated[int, Field(ge=1, le=1024)] = 16
-    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
-    dropout: Annotated[FloatString, Field(ge=0.0, lt=1.0)] = 0.05
-    target_modules: Annotated[
-        list[
-            Annotated[
-                str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][-A-Za-z0-9_.]*$")
-            ]
-        ],
-        Field(min_length=1, max_length=64),
-    ] = Field(default_factory=lambda: [ALL_LINEAR])
-    rs_lora: bool = True
-
-    @field_validator("target_modules")
-    @classmethod
-    def _check_modules(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("method.lora.targetModules must not repeat a module")
-        for module in value:
-            if module != ALL_LINEAR and re.search(ALL_LINEAR_TYPO, module):
-                raise ValueError(
-                    f"method.lora.targetModules spells every linear layer as all-linear, not {module!r}"
-                )
-        if ALL_LINEAR in value and len(value) != 1:
-            raise ValueError("method.lora.targetModules lists either all-linear alone or module names")
-        return value
-
-
-class Method(_SpecModel):
-    type: MethodType = MethodType.LORA
-    lora: LoRA | None = None
-
-    @model_validator(mode="after")
-    def _check_lora(self) -> Method:
-        if self.lora is not None and self.type is MethodType.FULL:
-            raise ValueError("method.lora applies only to method.type lora or qlora")
-        return self
-
-    @property
-    def effective_lora(self) -> LoRA | None:
-        """The LoRA settings in force: the given ones, the defaults for lora/qlora, None for full."""
-        if self.type is MethodType.FULL:
-            return None
-        return self.lora if self.lora is not None else LoRA()
-
-
-class EarlyStopping(_SpecModel):
-    patience: Annotated[int, Field(ge=1, le=100)]
-
-
-class Hyperparameters(_SpecModel):
-    epochs: Annotated[int, Field(ge=1, le=100)] = 3
-    max_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    learning_rate: Annotated[FloatString, Field(gt=0.0, lt=1.0)] = 2e-4
-    lr_scheduler: LRScheduler = LRScheduler.COSINE
-    warmup_ratio: Annotated[FloatString, Field(ge=0.0, lt=1.0)] = 0.03
-    weight_decay: Annotated[FloatString, Field(ge=0.0, le=1.0)] = 0.0
-    max_grad_norm: Annotated[FloatString, Field(gt=0.0)] = 1.0
-    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
-    max_seq_length: Annotated[int, Field(ge=16, le=131072)] = 2048
-    packing: bool = True
-    seed: Annotated[int, Field(ge=0, le=4294967295)] = 42
-    early_stopping: EarlyStopping | None = None
-    gradual_unfreezing: bool = False
-
-    @model_validator(mode="after")
-    def _check_unfreezing(self) -> Hyperparameters:
-        if self.gradual_unfreezing and self.epochs < 2:
-            raise ValueError(
-                "hyperparameters.gradualUnfreezing unfreezes more layers each epoch; it needs epochs >= 2"
-            )
-        return self
+    """A Secret in the job's namespace with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    Referenced, never copied: the validation and trainer pods read it as environment variables."""
 
 
 class TolerationOperator(StrEnum):
@@ -439,14 +173,47 @@ class TolerationOperator(StrEnum):
     EQUAL = "Equal"
 
 
-class Toleration(_SpecModel):
+class Toleration(WireModel):
+    """A core/v1 Toleration."""
+
+    crd_rules: ClassVar = (
+        Cel(
+            "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+            "a toleration without key must use operator Exists (it then tolerates every taint)",
+            field_path=".operator",
+            reason="FieldValueInvalid",
+        ),
+        Cel(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "a toleration with operator Exists must not set value",
+            field_path=".value",
+            reason="FieldValueForbidden",
+        ),
+        Cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds applies only to effect NoExecute",
+            field_path=".tolerationSeconds",
+            reason="FieldValueForbidden",
+        ),
+    )
+
     key: Annotated[str, StringConstraints(max_length=316, pattern=TAINT_KEY)] | None = None
+    """The taint key to tolerate; empty (with operator Exists) matches every key."""
     operator: TolerationOperator = TolerationOperator.EQUAL
+    """Equal (default) matches key and value; Exists matches the key alone."""
     value: Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)] | None = None
+    """The taint value to match with operator Equal."""
     effect: (
-        Annotated[str, StringConstraints(pattern=r"^(|NoSchedule|PreferNoSchedule|NoExecute)$")] | None
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^(|NoSchedule|PreferNoSchedule|NoExecute)$"),
+            Crd(pattern=None, enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
+        ]
+        | None
     ) = None
-    toleration_seconds: Annotated[int, Field(ge=0, le=31536000)] | None = None
+    """The taint effect to match; empty matches every effect."""
+    toleration_seconds: Annotated[int, Field(ge=0, le=31536000), Crd(format="int64")] | None = None
+    """With effect NoExecute, how long the pod stays bound after the taint appears."""
 
     @model_validator(mode="after")
     def _check(self) -> Toleration:
@@ -459,24 +226,129 @@ class Toleration(_SpecModel):
         return self
 
 
-class Resources(_SpecModel):
+def _int_or_quantity_rule(field: str, int_check: str, quantity_check: str, message: str) -> Cel:
+    return Cel(
+        f"!has(self.{field}) || (type(self.{field}) == int ? {int_check} : {quantity_check})",
+        message,
+        field_path=f".{field}",
+        reason="FieldValueInvalid",
+    )
+
+
+class Resources(WireModel):
+    """Compute for the trainer pods (per node). The validation pod is CPU-only and small. Immutable."""
+
+    crd_rules: ClassVar = (
+        Cel(
+            "!has(self.nodes) || self.nodes == 1 || (has(self.gpus) && self.gpus >= 1)",
+            "resources.nodes greater than 1 is distributed GPU training; set resources.gpus to 1 or more, or "
+            "nodes to 1",
+            field_path=".gpus",
+            reason="FieldValueInvalid",
+        ),
+        Cel(
+            "!has(self.gpuType) || (has(self.gpus) && self.gpus >= 1)",
+            "resources.gpuType needs resources.gpus of 1 or more; remove gpuType for a CPU-only job",
+            field_path=".gpuType",
+            reason="FieldValueInvalid",
+        ),
+        # int-or-string: cpu: 8 arrives as an int, cpu: "500m" as a string.
+        _int_or_quantity_rule(
+            "cpu",
+            "self.cpu > 0",
+            "(!isQuantity(self.cpu) || quantity(self.cpu).isGreaterThan(quantity('0')))",
+            'resources.cpu must be greater than 0, e.g. 8 or "500m"; remove it for no CPU request',
+        ),
+        _int_or_quantity_rule(
+            "memory",
+            "self.memory > 0",
+            "(!isQuantity(self.memory) || quantity(self.memory).isGreaterThan(quantity('0')))",
+            "resources.memory must be greater than 0, e.g. 64Gi; remove it for no memory request",
+        ),
+        # A quantity without a unit is bytes (CPU: whole cores), so "memory: 64" asks for 64 bytes and
+        # "cpu: 8000" for 8000 cores: both are unit mistakes that would leave the pod unable to run.
+        _int_or_quantity_rule(
+            "memory",
+            "(self.memory <= 0 || self.memory >= 268435456)",
+            "(!isQuantity(self.memory) || !quantity(self.memory).isGreaterThan(quantity('0')) || "
+            "quantity(self.memory).compareTo(quantity('256Mi')) >= 0)",
+            "resources.memory must be at least 256Mi; a number without a unit is bytes, so write e.g. 64Gi, "
+            "not 64",
+        ),
+        Cel(
+            "!has(self.memory) || type(self.memory) == int || isQuantity(self.memory)",
+            "resources.memory must be a Kubernetes quantity with a unit Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024) "
+            "or k, M, G, T, P, E (powers of 1000), e.g. 64Gi",
+            field_path=".memory",
+            reason="FieldValueInvalid",
+        ),
+        _int_or_quantity_rule(
+            "cpu",
+            "self.cpu <= 1024",
+            "(!isQuantity(self.cpu) || quantity(self.cpu).compareTo(quantity('1024')) <= 0)",
+            'resources.cpu is whole CPUs per trainer pod, at most 1024; for thousandths of a CPU add "m", '
+            'e.g. "500m" or 8',
+        ),
+        # gpuType becomes the node selector nvidia.com/gpu.product; a second, different value for the
+        # same label in nodeSelector would make the pods unschedulable (or silently lose one of them).
+        Cel(
+            "!has(self.gpuType) || !has(self.nodeSelector) || !('nvidia.com/gpu.product' in self.nodeSelector) "
+            "|| self.nodeSelector['nvidia.com/gpu.product'] == self.gpuType",
+            "resources.nodeSelector nvidia.com/gpu.product conflicts with resources.gpuType, which sets that "
+            "label; remove the key from nodeSelector and keep gpuType",
+            field_path=".nodeSelector",
+            reason="FieldValueInvalid",
+        ),
+    )
+
     gpus: Annotated[int, Field(ge=0, le=16)] = 1
+    """GPUs per node (nvidia.com/gpu), 0-16, default 1. 0 trains on CPU (tiny models and tests only;
+    not with qlora or nodes > 1)."""
     gpu_type: Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=LABEL_VALUE)] | None = (
         None
     )
+    """Optional GPU model, a label value such as NVIDIA-H100-80GB-HBM3. The trainer pods get the node
+    selector nvidia.com/gpu.product=<gpuType> (the label NVIDIA GPU Feature Discovery sets), and the
+    cost estimate uses this type's price. Unset: any GPU, priced at the default rate."""
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    """Nodes to train on (1-64, default 1); more than 1 runs one process per GPU on each node."""
     cpu: CpuQuantity | None = None
+    """CPU per trainer pod (request and limit), a quantity such as 8 or "500m", greater than 0 and at
+    most 1024 (a number without "m" is whole CPUs). Unset: no CPU request or limit is set."""
     memory: MemoryQuantity | None = None
+    """Memory per trainer pod (request and limit), a quantity such as 64Gi, at least 256Mi (a number
+    without a unit is bytes; units Ki..Ei or k, M, G, T, P, E). Unset: no memory request or
+    limit is set. The trainer also gets an emptyDir scratch volume for the model and dataset."""
     node_selector: Annotated[
-        dict[str, Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]], Field(max_length=16)
+        dict[str, LabelValue],
+        Field(max_length=16),
+        Cel(
+            f"self.all(k, k.size() <= 316 && k.matches('{LABEL_KEY}'))",
+            "resources.nodeSelector keys must be label keys such as pool or example.com/pool",
+            reason="FieldValueInvalid",
+        ),
     ] = Field(default_factory=dict)
-    tolerations: Annotated[list[Toleration], Field(max_length=16)] = Field(default_factory=list)
+    """Extra node labels the trainer pods must match, e.g. pool=gpu; merged with the gpuType selector
+    (set the GPU model with gpuType, not with nvidia.com/gpu.product here)."""
+    tolerations: Annotated[list[Toleration], Field(max_length=16), Crd(x__kubernetes__list__type="atomic")] = (
+        Field(default_factory=list)
+    )
+    """Tolerations added to the trainer pods, e.g. for tainted GPU nodes (core/v1 Toleration)."""
     priority_class_name: Annotated[
         str,
         StringConstraints(
             max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
         ),
+        Cel(
+            "!self.startsWith('system-')",
+            "resources.priorityClassName system-cluster-critical and system-node-critical are reserved for "
+            "cluster components, which a training job would preempt; use a PriorityClass of your own, e.g. "
+            "training-high",
+            reason="FieldValueForbidden",
+        ),
     ] = ""
+    """PriorityClass of the trainer pods (a DNS subdomain); empty uses the cluster default. Not
+    system-cluster-critical or system-node-critical, which are for cluster components."""
 
     @field_validator("node_selector")
     @classmethod
@@ -516,15 +388,41 @@ class Resources(_SpecModel):
         return self.gpus * self.nodes
 
 
-class Checkpointing(_SpecModel):
-    every_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 200
-    keep: Annotated[int, Field(ge=1, le=100)] = 3
+class Budget(WireModel):
+    """Optional spending limits. When the estimate before training, or the usage during it, passes a
+    limit, the job fails with condition BudgetExceeded (the trainer checkpoints first). Immutable."""
 
+    crd_schema: ClassVar = Crd(minProperties=1)
 
-class Budget(_SpecModel):
-    max_cost: Annotated[DecimalString, Field(gt=0)] | None = None
+    max_cost: (
+        Annotated[
+            DecimalString,
+            Field(gt=0),
+            Cel(
+                "double(self) > 0.0",
+                "budget.maxCost must be greater than 0; remove it for no cost limit",
+                reason="FieldValueInvalid",
+            ),
+        ]
+        | None
+    ) = None
+    """Most the job may cost, a decimal string in the unit of the operator's GPU price table
+    (e.g. dollars), greater than 0, e.g. "50" or "12.50"."""
     # The wire name keeps the acronym upper-case (maxGPUHours), which to_camel would not produce.
-    max_gpu_hours: Annotated[Annotated[DecimalString, Field(gt=0)] | None, Field(alias="maxGPUHours")] = None
+    max_gpu_hours: Annotated[
+        Annotated[
+            DecimalString,
+            Field(gt=0),
+            Cel(
+                "double(self) > 0.0",
+                "budget.maxGPUHours must be greater than 0; remove it for no GPU-hour limit",
+                reason="FieldValueInvalid",
+            ),
+        ]
+        | None,
+        Field(alias="maxGPUHours"),
+    ] = None
+    """Most GPU-hours the job may use (GPUs x hours, all attempts), a decimal string greater than 0, e.g. "10"."""
 
     @model_validator(mode="after")
     def _check_not_empty(self) -> Budget:
@@ -533,40 +431,99 @@ class Budget(_SpecModel):
         return self
 
 
-class Retries(_SpecModel):
+class Retries(WireModel):
+    """How often a failed trainer attempt is retried. Invalid input is never retried; a preempted
+    attempt (node drain, eviction) resumes without counting. Immutable."""
+
     limit: Annotated[int, Field(ge=0, le=20)] = 3
+    """Failed attempts retried before the job fails with reason RetriesExhausted (0-20, default 3)."""
 
 
-class FineTuneJobSpec(_SpecModel):
-    base_model: BaseModelSource
-    dataset: Dataset
-    output: Output
-    storage: Storage
-    method: Method = Field(default_factory=Method)
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    resources: Resources = Field(default_factory=Resources)
-    checkpointing: Checkpointing = Field(default_factory=Checkpointing)
+def _optional_immutable(field: str) -> Cel:
+    # A rule on the field itself would not run when the field is added or removed (transition rules need
+    # both the old and the new value), so optional fields are held still from spec.
+    return Cel(
+        f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        f"{field} is immutable; create a new FineTuneJob",
+        field_path=f".{field}",
+        reason="FieldValueForbidden",
+    )
+
+
+def _output_prefix(expr: str) -> str:
+    return f"({expr}.endsWith('/') ? {expr} : {expr} + '/')"
+
+
+_OUT = _output_prefix("self.output.uri")
+
+
+class FineTuneJobSpec(TrainingSpec):
+    """What to fine-tune, on which data, with which method and resources. Every field except suspend is
+    immutable after creation (a running job must not change under its own checkpoints and cost
+    estimate): create a new FineTuneJob to change one. suspend may change at any time."""
+
+    crd_rules: ClassVar = (
+        Cel(
+            "self.method.type != 'qlora' || (has(self.resources) && has(self.resources.gpus) && "
+            "self.resources.gpus >= 1)",
+            "method.type qlora quantizes the base model with bitsandbytes, which needs a GPU; set resources.gpus "
+            "to 1 or more, or use method.type lora",
+            field_path=".resources.gpus",
+            reason="FieldValueInvalid",
+        ),
+        Cel(
+            f"!(self.dataset.train.startsWith({_OUT}) || self.dataset.train == self.output.uri "
+            f"|| (has(self.dataset.validation) && (self.dataset.validation.startsWith({_OUT}) "
+            "|| self.dataset.validation == self.output.uri)) "
+            f"|| (has(self.dataset.test) && (self.dataset.test.startsWith({_OUT}) "
+            "|| self.dataset.test == self.output.uri)))",
+            "output.uri must not contain the dataset (dataset.train, dataset.validation, dataset.test); the job "
+            "writes under output.uri, so choose an output prefix outside the dataset's location",
+            field_path=".output.uri",
+            reason="FieldValueInvalid",
+        ),
+        Cel(
+            "!self.baseModel.uri.startsWith('s3://') "
+            f"|| !({_OUT}.startsWith({_output_prefix('self.baseModel.uri')}) "
+            f"|| self.baseModel.uri.startsWith({_OUT}) || self.baseModel.uri == self.output.uri)",
+            "output.uri must not contain or lie inside baseModel.uri; the job writes under output.uri, so choose "
+            "an output prefix apart from the base model",
+            field_path=".output.uri",
+            reason="FieldValueInvalid",
+        ),
+        # Cross-field (hyperparameters and method), so on spec; both objects default to {}.
+        Cel(
+            "!has(self.hyperparameters) || !has(self.hyperparameters.gradualUnfreezing) || "
+            "!self.hyperparameters.gradualUnfreezing || (has(self.method) && has(self.method.type) && "
+            "self.method.type == 'full')",
+            "hyperparameters.gradualUnfreezing applies only to method.type full (lora and qlora train adapters "
+            "on a frozen base model); set it to false or use method.type full",
+            field_path=".hyperparameters.gradualUnfreezing",
+            reason="FieldValueForbidden",
+        ),
+        _optional_immutable("budget"),
+        _optional_immutable("activeDeadlineSeconds"),
+        _optional_immutable("queueName"),
+    )
+
+    storage: Annotated[Storage, immutable("storage")]
+    resources: Annotated[Resources, immutable("resources")] = Field(default_factory=Resources)
     budget: Budget | None = None
-    retries: Retries = Field(default_factory=Retries)
-    active_deadline_seconds: Annotated[int, Field(ge=1, le=31536000)] | None = None
+    retries: Annotated[Retries, immutable("retries")] = Field(default_factory=Retries)
+    active_deadline_seconds: Annotated[int, Field(ge=1, le=31536000), Crd(format="int64")] | None = None
+    """Optional limit in seconds on the job's running time, counted from the start of training and paused
+    while suspended; when passed, the job fails with reason DeadlineExceeded. Immutable."""
     suspend: bool = False
+    """true pauses the job: the trainer saves a checkpoint, its pods go away and the GPUs are freed.
+    false again resumes from the last complete checkpoint. The only field that may change after creation."""
     queue_name: Annotated[
         str, StringConstraints(max_length=63, pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
     ] = ""
+    """Optional Kueue LocalQueue in the job's namespace; the trainer Job gets the label
+    kueue.x-k8s.io/queue-name and waits for Kueue's admission (phase Queued). Immutable."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> FineTuneJobSpec:
         if self.method.type is MethodType.QLORA and self.resources.gpus < 1:
             raise ValueError("method.type qlora needs resources.gpus of 1 or more")
-        if self.hyperparameters.gradual_unfreezing and self.method.type is not MethodType.FULL:
-            raise ValueError("hyperparameters.gradualUnfreezing applies only to method.type full")
-        out = self.output.prefix
-        data = [self.dataset.train] + [u for u in (self.dataset.validation, self.dataset.test) if u]
-        if any(uri.startswith(out) or uri == self.output.uri for uri in data):
-            raise ValueError("output.uri must not contain the dataset")
-        model = self.base_model.uri
-        if self.base_model.scheme == "s3" and (
-            out.startswith(_with_slash(model)) or model.startswith(out) or model == self.output.uri
-        ):
-            raise ValueError("output.uri must not contain or lie inside baseModel.uri")
         return self

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from finetune_contract.wire import Crd
+
 Short = Annotated[str, StringConstraints(max_length=32)]
 Uri = Annotated[str, StringConstraints(max_length=1100)]
 Message = Annotated[str, StringConstraints(max_length=32768)]
+Int64 = Annotated[int, Field(ge=0), Crd(format="int64")]
+Int32 = Annotated[int, Field(ge=0)]
 
 
 class _StatusModel(BaseModel):
@@ -27,6 +31,7 @@ class _StatusModel(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         extra="ignore",
+        use_attribute_docstrings=True,
     )
 
 
@@ -53,87 +58,175 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(_StatusModel):
-    """metav1.Condition."""
+    """A metav1.Condition."""
 
-    type: Annotated[str, StringConstraints(max_length=316)]
+    crd_schema: ClassVar = Crd(required=["type", "status", "lastTransitionTime", "reason", "message"])
+
+    type: Annotated[
+        str,
+        StringConstraints(
+            max_length=316,
+            pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+            r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        ),
+    ]
+    """Condition type in CamelCase, e.g. Running."""
     status: ConditionStatus
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """True, False or Unknown."""
+    observed_generation: Int64 | None = None
+    """The metadata.generation the condition was set for."""
     last_transition_time: datetime
+    """When status last changed."""
     reason: Annotated[
         str,
         StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
     ]
+    """Why, as one CamelCase word, e.g. OOMKilled."""
     message: Message = ""
+    """Details for humans, e.g. what to change."""
 
 
 class Progress(_StatusModel):
-    step: Annotated[int, Field(ge=0)] | None = None
-    total_steps: Annotated[int, Field(ge=0)] | None = None
+    """Training progress, polled from the trainer's metrics endpoint."""
+
+    step: Int64 | None = None
+    """Optimizer steps done."""
+    total_steps: Int64 | None = None
+    """Optimizer steps planned (from epochs, maxSteps and the dataset size)."""
     epoch: Short | None = None
+    """Fractional epoch, e.g. "1.25"."""
     percent: Annotated[int, Field(ge=0, le=100)] | None = None
-    eta_seconds: Annotated[int, Field(ge=0)] | None = None
+    """step / totalSteps in percent (0-100), for the PROGRESS column."""
+    eta_seconds: Int64 | None = None
+    """Estimated seconds of training left, from the smoothed step rate (secondsPerStep)."""
     eta: Short | None = None
+    """etaSeconds for humans, e.g. 1h12m, for the ETA column."""
+    seconds_per_step: Short | None = None
+    """The step rate the ETA is based on: seconds per optimizer step, an exponentially weighted average
+    over about the last minute of training, e.g. "1.84"."""
     tokens_per_second: Short | None = None
+    """Training throughput in tokens per second, e.g. "5230.5"."""
     last_step_time: datetime | None = None
+    """When step last increased; the Stalled condition is set when it stops moving."""
 
 
 class Metrics(_StatusModel):
+    """Latest training metrics and the final evaluation of the tuned vs the base model; numbers as decimal
+    strings."""
+
     train_loss: Short | None = None
+    """Latest training loss, e.g. "0.8123"."""
     eval_loss: Short | None = None
+    """Latest evaluation loss of the tuned model on the validation data."""
     base_eval_loss: Short | None = None
+    """Evaluation loss of the base model on the same validation data, for comparison."""
     eval_perplexity: Short | None = None
+    """exp(evalLoss)."""
     base_eval_perplexity: Short | None = None
+    """exp(baseEvalLoss)."""
     exact_match: Short | None = None
+    """Fraction of examples (of dataset.test when set, else of the validation data) whose generated answer
+    equals the reference exactly (tuned model)."""
     base_exact_match: Short | None = None
+    """The same for the base model."""
     learning_rate: Short | None = None
+    """Current learning rate."""
 
 
 class Checkpoint(_StatusModel):
-    step: Annotated[int, Field(ge=0)]
+    """One checkpoint."""
+
+    step: Int64
+    """The optimizer step it was saved at."""
     uri: Uri
+    """Where it is, e.g. s3://adapters/x/checkpoints/step-200/."""
     complete: bool = False
+    """true once step-N/COMPLETE exists; only complete checkpoints are resumed from."""
     created_at: datetime | None = None
+    """When it was saved."""
 
 
 class Outputs(_StatusModel):
+    """The results, set when the job succeeds."""
+
     # The wire name keeps the acronym upper-case (adapterURI), which to_camel would not produce.
     adapter_uri: Annotated[Uri | None, Field(alias="adapterURI")] = None
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """The adapter (or, for full, the model) directory, <output.uri>adapter/."""
+    sha256: Annotated[str, StringConstraints(max_length=64, pattern=r"^[0-9a-f]{64}$")] | None = None
+    """SHA-256 of adapter_model.safetensors (or model.safetensors), to pin what is served."""
     report_uri: Annotated[Uri | None, Field(alias="reportURI")] = None
+    """The reports directory, <output.uri>reports/ (validation.json, eval.json, train_log.jsonl, result.json)."""
 
 
 class Usage(_StatusModel):
-    gpu_seconds: Annotated[int, Field(ge=0)] | None = None
+    """Resources used so far, all attempts together."""
+
+    gpu_seconds: Int64 | None = None
+    """GPU-seconds held by trainer pods (GPUs x seconds running)."""
     estimated_cost: Short | None = None
+    """Cost so far from the operator's GPU price table, a decimal string, e.g. "1.23" (the COST column)."""
 
 
 class Estimate(_StatusModel):
-    tokens: Annotated[int, Field(ge=0)] | None = None
+    """The estimate made before training, checked against budget."""
+
+    tokens: Int64 | None = None
+    """Training tokens (all epochs)."""
     gpu_hours: Short | None = None
+    """Estimated GPU-hours, a decimal string."""
     cost: Short | None = None
+    """Estimated cost, a decimal string in the unit of budget.maxCost."""
 
 
 class Failure(_StatusModel):
-    attempt: Annotated[int, Field(ge=0)] | None = None
+    """The most recent failed attempt, kept when it is retried, so the cause is not lost."""
+
+    attempt: Int32 | None = None
+    """The attempt that failed."""
     reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """Why, as one CamelCase word, e.g. OOMKilled."""
     message: Message | None = None
+    """Details, e.g. the trainer's termination message."""
     exit_code: int | None = None
+    """The trainer's exit code (42 invalid input, 75 transient I/O, 76 preempted, 137 killed)."""
     time: datetime | None = None
+    """When it failed."""
 
 
 class FineTuneJobStatus(_StatusModel):
+    """Observed state, written only by the operator."""
+
     phase: Phase | None = None
-    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """A one-word summary for kubectl get, derived from the conditions (docs/api.md, "Phase"). Programs
+    should read the conditions."""
+    conditions: Annotated[
+        list[Condition],
+        Field(max_length=16),
+        Crd(x__kubernetes__list__type="map", x__kubernetes__list__map__keys=["type"]),
+    ] = Field(default_factory=list)
+    """The job's state as metav1.Conditions: Validated, Admitted, Running, Succeeded, Failed, Suspended,
+    Stalled, BudgetExceeded. reason is one CamelCase word; message is for humans."""
+    observed_generation: Int64 | None = None
+    """The metadata.generation this status describes."""
     start_time: datetime | None = None
+    """When the first trainer attempt started running."""
     completion_time: datetime | None = None
+    """When the job succeeded or failed."""
     message: Message | None = None
-    attempts: Annotated[int, Field(ge=0)] | None = None
+    """A human summary of the current state, e.g. what to do about a failure."""
+    attempts: Int32 | None = None
+    """Trainer attempts started so far (attempt N runs as Job <name>-train-a<N>)."""
     trainer_job_name: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The batch/v1 Job of the current (or last) attempt."""
     validation_pod_name: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The CPU-only pod that validates the dataset, the model and the output location."""
     progress: Progress | None = None
     metrics: Metrics | None = None
-    checkpoints: Annotated[list[Checkpoint], Field(max_length=100)] = Field(default_factory=list)
+    checkpoints: Annotated[
+        list[Checkpoint], Field(max_length=100), Crd(x__kubernetes__list__type="atomic")
+    ] = Field(default_factory=list)
+    """Checkpoints in output.uri, oldest first (at most checkpointing.keep complete ones), as the trainer
+    reports them from what it wrote to and found in S3."""
     outputs: Outputs | None = None
     usage: Usage | None = None
     estimate: Estimate | None = None
