@@ -1,28 +1,28 @@
 """A stand-in trainer for integration tests: `python -m localcluster.trainer_stub {validate|train} --config PATH`.
 
-The node agent runs it for the image `finetune-operator/trainer-stub`. It follows the trainer
-contract of docs/architecture.md — same config (finetune_trainer.config.TrainerConfig), same env, exit
-codes, termination message, /metrics names and S3 layout — but "trains" by counting, so operator tests
-take seconds. It is test tooling, not product.
+The node agent runs it for the image `finetune-operator/trainer-stub`. It is built on the trainer's
+contract (finetune_contract): the same config model (TrainerConfig), exit codes and failure reasons,
+the same typed summaries in the termination message (Validated with rows and tokens, Failed with the
+reason, file and line, Succeeded with the adapter and the checkpoints), the trainer's own /metrics
+registry (checkpoints included) and the same S3 layout; but it "trains" by counting, so operator tests
+take seconds. Every operator behaviour it stands in for is also tested once with the real trainer
+(tests/integration/test_operator_trainer.py). It is test tooling, not product.
 
 validate  reads dataset.train from S3 and checks every line is a JSON object with `messages`,
-          `prompt` + `completion`, or `text`. A bad line: reports/validation.json, a termination message
-          naming the line, exit 42. A missing object or denied access: exit 42 with that reason.
-          A pvc:// base model is checked where the pod mounts it, with the trainer's own check
-          (finetune_trainer.model_loading.local_model): not there or not a model, exit 42 (InvalidModel).
-          An hf:// base model is checked with the trainer's own validate-only path
-          (finetune_trainer.hf_hub.fetch_hf_model(uri, $SCRATCH_DIR/model, weights=False): model info,
-          the small files and the safetensors headers, through $HF_ENDPOINT with $HF_TOKEN, never the
-          weights). Its errors are reported as the real trainer reports them: InvalidInputError is
-          exit 42, reason InvalidInput, message `invalid input: baseModel: <what to change>` (the operator
-          narrows it to AccessDenied or InvalidModel from the message, as for the real trainer);
-          TransientIOError is exit 75, reason TransientIO.
+          `prompt` + `completion`, or `text`. A bad line: reports/validation.json, exit 42, reason
+          InvalidDataset with file train and the line. A missing object: InvalidDataset; denied access:
+          AccessDenied. A pvc:// base model is checked where the pod mounts it, with the trainer's own
+          check (finetune_trainer.model_loading.local_model): not there or not a model, exit 42
+          (InvalidModel). An hf:// base model is checked with the trainer's own validate-only path
+          (finetune_trainer.hf_hub.fetch_hf_model(uri, $SCRATCH_DIR/model, weights=False)), and its errors
+          keep the trainer's reasons (InvalidModel, AccessDenied; TransientError exit 75).
           s3:// base models are not looked at.
-          Passing: exit 0 with {"result": "Validated", "rows": N, "tokens": T} (T ~ characters / 4).
-train     checks the base model as validate does, serves /metrics on $POD_IP:$METRICS_PORT, advances one step every `stepSeconds`, writes
-          `<output>/checkpoints/step-N/COMPLETE` every checkpointing.everySteps, resumes from the last
-          complete checkpoint, on SIGTERM writes a checkpoint and exits 76, and at the end writes
-          adapter/adapter_model.safetensors, reports/result.json and a summary, exit 0.
+          Passing: exit 0 with a Validated summary (rows, tokens ~ characters / 4).
+train     checks the base model as validate does, serves /metrics on $POD_IP:$METRICS_PORT, advances one
+          step every `stepSeconds`, writes `<output>/checkpoints/step-N/COMPLETE` every
+          checkpointing.everySteps (and reports them on /metrics), resumes from the last complete
+          checkpoint, on SIGTERM writes a checkpoint and exits 76, and at the end writes
+          adapter/adapter_model.safetensors, reports/result.json and a Succeeded summary, exit 0.
           Total steps: ceil(rows x epochs / batchSize), capped at 40, unless `totalSteps` is given.
 
 Fault injection, explicit and only through the dataset: a first line
@@ -44,34 +44,66 @@ import os
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 import botocore.exceptions
-from finetune_trainer.config import TrainerConfig, load_config
+from finetune_contract.config import TrainerConfig, load_config
+from finetune_contract.outcomes import (
+    CheckpointRef,
+    ExitCode,
+    Failed,
+    FailureReason,
+    Succeeded,
+    TokenStats,
+    Validated,
+    render_summary,
+)
+from finetune_contract.uris import HF_SCHEME
 from finetune_trainer.exitcodes import InvalidInputError, TransientIOError
-from finetune_trainer.hf_hub import SCHEME as HF_SCHEME
-from finetune_trainer.metrics_server import create_metrics, serve
+from finetune_trainer.metrics_server import TrainerMetrics, create_metrics, serve
 from finetune_trainer.model_loading import local_model
 
-EXIT_OK, EXIT_INVALID, EXIT_TRANSIENT, EXIT_PREEMPTED = 0, 42, 75, 76
 MAX_STEPS = 40
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled"}
 _MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 
 
 class StubError(Exception):
-    def __init__(self, exit_code: int, reason: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        exit_code: int,
+        reason: FailureReason,
+        message: str,
+        *,
+        line: int | None = None,
+        step: int | None = None,
+    ) -> None:
         super().__init__(message)
-        self.exit_code, self.reason, self.extra = exit_code, reason, extra
+        self.exit_code, self.reason, self.line, self.step = exit_code, reason, line, step
+
+    def summary(self) -> Failed:
+        failed = Failed(
+            reason=self.reason,
+            exit_code=self.exit_code,
+            message=str(self),
+            file="train" if self.line is not None else None,
+            line=self.line,
+            step=self.step,
+        )
+        return (
+            failed.model_copy(update={"result": "Preempted"})
+            if self.exit_code == ExitCode.PREEMPTED
+            else failed
+        )
 
 
-def terminate(summary: dict[str, Any]) -> None:
-    text = json.dumps(summary, separators=(",", ":"))[:4000]
+def terminate(summary: Validated | Succeeded | Failed) -> None:
     path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
     try:
-        Path(path).write_text(text)
+        Path(path).write_text(render_summary(summary))
     except OSError as err:
         print(f"cannot write termination message: {err}", file=sys.stderr)
 
@@ -96,12 +128,16 @@ class Store:
         except botocore.exceptions.ClientError as err:
             code = str(err.response.get("Error", {}).get("Code"))
             if code in _DENIED:
-                raise StubError(EXIT_INVALID, "AccessDenied", f"{what}: AccessDenied ({code})") from err
+                raise StubError(
+                    ExitCode.INVALID_INPUT, FailureReason.ACCESS_DENIED, f"{what}: AccessDenied ({code})"
+                ) from err
             if code in _MISSING:
-                raise StubError(EXIT_INVALID, "InvalidDataset", f"{what}: not found ({code})") from err
-            raise StubError(EXIT_TRANSIENT, "TransientIO", f"{what}: {code}") from err
+                raise StubError(
+                    ExitCode.INVALID_INPUT, FailureReason.INVALID_DATASET, f"{what}: not found ({code})"
+                ) from err
+            raise StubError(ExitCode.TRANSIENT, FailureReason.TRANSIENT_ERROR, f"{what}: {code}") from err
         except botocore.exceptions.BotoCoreError as err:
-            raise StubError(EXIT_TRANSIENT, "TransientIO", f"{what}: {err}") from err
+            raise StubError(ExitCode.TRANSIENT, FailureReason.TRANSIENT_ERROR, f"{what}: {err}") from err
 
     def get(self, uri: str) -> bytes:
         bucket, key = self.split(uri)
@@ -123,7 +159,9 @@ class Store:
             for page in pages:
                 out += [str(o["Key"]) for o in page.get("Contents", [])]
         except botocore.exceptions.ClientError as err:
-            raise StubError(EXIT_TRANSIENT, "TransientIO", f"listing {self.prefix}{rel}: {err}") from err
+            raise StubError(
+                ExitCode.TRANSIENT, FailureReason.TRANSIENT_ERROR, f"listing {self.prefix}{rel}: {err}"
+            ) from err
         return out
 
 
@@ -161,15 +199,17 @@ def read_dataset(cfg: TrainerConfig, store: Store) -> tuple[dict[str, Any], int,
             report = {
                 "valid": False,
                 "errorCount": 1,
-                "errors": [{"file": "train", "line": number, "message": problem}],
+                "errors": [{"file": "train", "line": number, "reason": "InvalidDataset", "message": problem}],
             }
             store.put("reports/validation.json", json.dumps(report).encode())
-            raise StubError(EXIT_INVALID, "InvalidDataset", message, line=number)
+            raise StubError(ExitCode.INVALID_INPUT, FailureReason.INVALID_DATASET, message, line=number)
         rows += 1
         tokens += max(1, len(line) // 4)
     if rows == 0:
         raise StubError(
-            EXIT_INVALID, "InvalidDataset", f"invalid input: train: {cfg.dataset.train} has no rows"
+            ExitCode.INVALID_INPUT,
+            FailureReason.INVALID_DATASET,
+            f"invalid input: train: {cfg.dataset.train} has no rows",
         )
     return directives, rows, tokens
 
@@ -186,9 +226,9 @@ def check_base_model(cfg: TrainerConfig) -> None:
     try:
         local_model(path, cfg.base_model.uri)
     except InvalidInputError as err:
-        raise StubError(EXIT_INVALID, "InvalidModel", str(err)) from err
+        raise StubError(ExitCode.INVALID_INPUT, FailureReason.INVALID_MODEL, str(err)) from err
     except TransientIOError as err:
-        raise StubError(EXIT_TRANSIENT, "TransientIO", str(err)) from err
+        raise StubError(ExitCode.TRANSIENT, FailureReason.TRANSIENT_ERROR, str(err)) from err
 
 
 def check_hf_model(uri: str) -> None:
@@ -201,16 +241,17 @@ def check_hf_model(uri: str) -> None:
         fetch_hf_model(uri, scratch / "model", weights=False)
     except InvalidInputError as err:
         # As finetune_trainer.validate.run_checks files it and __main__ reports it.
-        raise StubError(EXIT_INVALID, err.reason, f"invalid input: baseModel: {err}") from err
+        raise StubError(ExitCode.INVALID_INPUT, err.reason, f"invalid input: baseModel: {err}") from err
     except TransientIOError as err:
-        raise StubError(EXIT_TRANSIENT, err.reason, str(err)) from err
+        raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
 
 
-def validate(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
+def validate(cfg: TrainerConfig, store: Store) -> Validated:
     check_base_model(cfg)
     _, rows, tokens = read_dataset(cfg, store)
     store.put("reports/validation.json", json.dumps({"valid": True, "rows": rows, "tokens": tokens}).encode())
-    return {"result": "Validated", "message": f"dataset valid: {rows} rows", "rows": rows, "tokens": tokens}
+    stats = TokenStats(rows=rows, total_tokens=tokens)
+    return Validated(message=f"dataset valid: {rows} rows", rows=rows, tokens=tokens, train=stats)
 
 
 class Preempted:
@@ -222,21 +263,33 @@ class Preempted:
         self.flag = True
 
 
-def last_checkpoint(store: Store) -> int:
+def complete_checkpoints(store: Store) -> list[int]:
     steps = []
     for key in store.keys("checkpoints/"):
         parts = key.split("/")
         if parts[-1] == "COMPLETE" and parts[-2].startswith("step-") and parts[-2][5:].isdigit():
             steps.append(int(parts[-2][5:]))
-    return max(steps, default=0)
+    return sorted(steps)
 
 
-def checkpoint(store: Store, step: int) -> None:
+def checkpoint(store: Store, step: int, saved: list[CheckpointRef], metrics: TrainerMetrics) -> None:
     store.put(f"checkpoints/step-{step}/state.json", json.dumps({"step": step}).encode())
-    store.put(f"checkpoints/step-{step}/COMPLETE", b"")
+    created = datetime.now(UTC).replace(microsecond=0)
+    marker = {"step": step, "files": ["state.json"], "createdAt": created.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    store.put(f"checkpoints/step-{step}/COMPLETE", json.dumps(marker).encode())
+    saved.append(CheckpointRef(step=step, complete=True, created_at=created))
+    metrics.report_checkpoints(saved)
 
 
-def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
+def _injected_reason(code: int) -> FailureReason:
+    if code == ExitCode.TRANSIENT:
+        return FailureReason.TRANSIENT_ERROR
+    if code == ExitCode.INVALID_INPUT:
+        return FailureReason.INVALID_SPEC
+    return FailureReason.TRAINER_ERROR
+
+
+def train(cfg: TrainerConfig, store: Store) -> Succeeded:
     stop = Preempted()
     # The real trainer's registry, so the stub can never drift from the metric names of the contract.
     metrics = serve(create_metrics())
@@ -251,22 +304,28 @@ def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
         attempt = int(os.environ.get("FINETUNE_ATTEMPT", "1") or 1)
         failing = attempt <= int(directives.get("failAttempts", 0))
         fail_after = int(directives.get("failAtStep", 2))
-        start = step = last_checkpoint(store)
+        saved = [CheckpointRef(step=s) for s in complete_checkpoints(store)]
+        metrics.report_checkpoints(saved)
+        start = step = saved[-1].step if saved else 0
         metrics.total_steps.set(total)
         tokens_per_step = tokens * hp.epochs / max(total, 1)
         while step < total:
             if stop.flag:
-                checkpoint(store, step)
+                checkpoint(store, step, saved, metrics)
                 raise StubError(
-                    EXIT_PREEMPTED, "Preempted", f"SIGTERM at step {step}; checkpoint saved", step=step
+                    ExitCode.PREEMPTED,
+                    FailureReason.PREEMPTED,
+                    f"SIGTERM at step {step}; checkpoint saved",
+                    step=step,
                 )
             if failing and step - start >= fail_after:
-                code = int(directives.get("exitCode", EXIT_TRANSIENT))
+                code = int(directives.get("exitCode", ExitCode.TRANSIENT))
                 message = f"stub: injected failure (exit {code}) at step {step} of attempt {attempt}"
-                terminate({"result": "Failed", "reason": "Injected", "exitCode": code, "message": message})
+                error = StubError(code, _injected_reason(code), message, step=step)
+                terminate(error.summary())
                 if code == 137:
                     os.kill(os.getpid(), signal.SIGKILL)
-                raise StubError(code, "Injected", message, step=step)
+                raise error
             time.sleep(step_seconds)
             step += 1
             loss = 2.5 * math.exp(-3 * step / total) + 0.3
@@ -276,24 +335,25 @@ def train(cfg: TrainerConfig, store: Store) -> dict[str, Any]:
             metrics.tokens_per_second.set(tokens_per_step / step_seconds if step_seconds else 0)
             metrics.samples.set(step * hp.batch_size)
             metrics.tokens.set(step * tokens_per_step)
+            metrics.learning_rate.set(cfg.hyperparameters.learning_rate * (1 - step / total))
             if step % cfg.checkpointing.every_steps == 0 and step < total:
-                checkpoint(store, step)
+                checkpoint(store, step, saved, metrics)
                 metrics.eval_loss.set(loss + 0.05)
         weights = hashlib.sha256(f"{cfg.job.namespace}/{cfg.job.name}".encode()).digest()
         adapter = store.put("adapter/adapter_model.safetensors", weights)
         store.put("adapter/adapter_config.json", json.dumps({"peft_type": "LORA", "stub": True}).encode())
-        summary = {
-            "result": "Succeeded",
-            "step": step,
-            "totalSteps": total,
-            "epoch": float(hp.epochs),
-            "trainLoss": round(2.5 * math.exp(-3) + 0.3, 4),
-            "resumedFromStep": start,
-            "adapterURI": adapter.rsplit("/", 1)[0] + "/",
-            "sha256": hashlib.sha256(weights).hexdigest(),
-            "reportURI": store.prefix + "reports/result.json",
-        }
-        store.put("reports/result.json", json.dumps(summary).encode())
+        summary = Succeeded(
+            step=step,
+            total_steps=total,
+            epoch=float(hp.epochs),
+            train_loss=round(2.5 * math.exp(-3) + 0.3, 4),
+            resumed_from_step=start,
+            adapter_uri=adapter.rsplit("/", 1)[0] + "/",
+            sha256=hashlib.sha256(weights).hexdigest(),
+            report_uri=store.prefix + "reports/result.json",
+            checkpoints=saved,
+        )
+        store.put("reports/result.json", summary.model_dump_json(by_alias=True).encode())
         return summary
     finally:
         metrics.close()
@@ -308,28 +368,20 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
     except (OSError, ValueError) as err:
         terminate(
-            {"result": "Failed", "reason": "InvalidConfig", "exitCode": EXIT_INVALID, "message": str(err)}
+            Failed(reason=FailureReason.INVALID_CONFIG, exit_code=ExitCode.INVALID_INPUT, message=str(err))
         )
-        return EXIT_INVALID
+        return ExitCode.INVALID_INPUT
+    summary: Validated | Succeeded
     try:
         store = Store(cfg)
         summary = validate(cfg, store) if args.mode == "validate" else train(cfg, store)
     except StubError as err:
-        result = "Preempted" if err.exit_code == EXIT_PREEMPTED else "Failed"
-        terminate(
-            {
-                "result": result,
-                "reason": err.reason,
-                "exitCode": err.exit_code,
-                "message": str(err),
-                **err.extra,
-            }
-        )
+        terminate(err.summary())
         print(f"{err.reason}: {err}", file=sys.stderr)
         return err.exit_code
     terminate(summary)
-    print(json.dumps(summary))
-    return EXIT_OK
+    print(summary.model_dump_json(by_alias=True))
+    return ExitCode.SUCCESS
 
 
 if __name__ == "__main__":

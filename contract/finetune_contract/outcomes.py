@@ -37,7 +37,10 @@ class FailureReason(StrEnum):
     INVALID_DATASET = "InvalidDataset"
     INVALID_MODEL = "InvalidModel"
     INVALID_OUTPUT = "InvalidOutput"
+    # the spec's settings do not fit the data or the model (e.g. targetModules that match no layer)
+    INVALID_SPEC = "InvalidSpec"
     ACCESS_DENIED = "AccessDenied"
+    # the config file itself: an operator and a trainer image of different releases
     INVALID_CONFIG = "InvalidConfig"
     # exit 75
     TRANSIENT_ERROR = "TransientError"
@@ -52,6 +55,7 @@ PERMANENT_REASONS: Final = frozenset(
         FailureReason.INVALID_DATASET,
         FailureReason.INVALID_MODEL,
         FailureReason.INVALID_OUTPUT,
+        FailureReason.INVALID_SPEC,
         FailureReason.ACCESS_DENIED,
         FailureReason.INVALID_CONFIG,
     }

@@ -98,7 +98,7 @@ def _s3_object_rules(field: str, example: str) -> tuple[Cel, ...]:
     return (
         Cel(
             f"self.matches(r'{S3_OBJECT}') && !self.contains('..')",
-            f'{field} must be s3://<bucket>/<key> of one JSONL object (only s3:// is supported; the key must '
+            f"{field} must be s3://<bucket>/<key> of one JSONL object (only s3:// is supported; the key must "
             f'not end with "/"; no ".."); e.g. {example}',
             reason="FieldValueInvalid",
         ),
@@ -276,9 +276,9 @@ class Dataset(WireModel):
     (prompt-completion) or {"text": ...} (text). Uncompressed JSONL only (not CSV, Parquet or an
     archive); no wildcards. Example: s3://datasets/support/train.jsonl."""
 
-    validation: Annotated[Uri, *_s3_object_rules("dataset.validation", "s3://datasets/support/val.jsonl")] | None = (
-        None
-    )
+    validation: (
+        Annotated[Uri, *_s3_object_rules("dataset.validation", "s3://datasets/support/val.jsonl")] | None
+    ) = None
     """Optional held-out set in the same format as train: s3://<bucket>/<key> of one JSONL object (only
     s3:// is supported). Excludes validationSplit. Example: s3://datasets/support/val.jsonl."""
 

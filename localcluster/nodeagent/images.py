@@ -8,7 +8,11 @@ docs/architecture.md ("Images and how the local node agent runs them").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
 
+# The checkout this module runs from (localcluster/ is not installed in the venv).
+REPO_ROOT: Final = str(Path(__file__).resolve().parents[2])
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Shell images: the host's /bin/sh and tools play busybox/alpine. Their real default CMD is a shell.
@@ -70,12 +74,18 @@ def resolve_image(image: str, venv_bin: str) -> ImageConfig:
             image_id=f"localcluster://{repo}",
         )
     if repo in _PYTHON_IMAGES:
+        module = _PYTHON_IMAGES[repo]
+        # Images built for Python set this; without it, logs would sit in stdio buffers.
+        env = {"PATH": path, "PYTHONUNBUFFERED": "1"}
+        if module.startswith("localcluster."):
+            # Development tooling is not installed in the venv (it is no part of the distribution):
+            # it runs from the checkout.
+            env["PYTHONPATH"] = REPO_ROOT
         return ImageConfig(
             name=image,
-            entrypoint=(f"{venv_bin}/python", "-m", _PYTHON_IMAGES[repo]),
+            entrypoint=(f"{venv_bin}/python", "-m", module),
             cmd=(),
-            # Images built for Python set this; without it, logs would sit in stdio buffers.
-            env={"PATH": path, "PYTHONUNBUFFERED": "1"},
+            env=env,
             image_id=f"localcluster://{repo}",
         )
     raise ImageNotFoundError(

@@ -1,40 +1,26 @@
 """Why a pod or a trainer Job failed (or cannot start), as a reason a user can act on (pure).
 
-The trainer's exit codes are the contract (docs/architecture.md): 42 invalid input (permanent),
-75 transient I/O, 76 preempted (checkpoint saved; does not use the retry budget); anything else,
-OOM kills included, is retried within the budget. The termination message is the trainer's JSON
-summary; its `message` names the file and line for a bad dataset row.
+The trainer's exit codes and its typed summary are the contract (finetune_contract.outcomes): 42 invalid
+input (permanent), 75 transient I/O, 76 preempted (checkpoint saved; does not use the retry budget);
+anything else, OOM kills included, is retried within the budget. The summary in the termination message
+states the reason (InvalidDataset, InvalidModel, AccessDenied, ...) and, for a bad row, the file and
+line: the operator copies them, it never reads a reason out of an English message.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from finetune_contract.outcomes import ExitCode, Failed, FailureReason, Succeeded, Validated, parse_summary
+
 from .api import Reason
-from .manifests import CONTAINER_NAME, EXIT_INVALID_INPUT, EXIT_PREEMPTED, EXIT_TRANSIENT
+from .manifests import CONTAINER_NAME
 
 JSON = dict[str, Any]
-
-# A permanent input problem the message does not narrow down (not one of the Reason constants).
-INVALID_INPUT: Final = "InvalidInput"
+Summary = Validated | Succeeded | Failed
 EXIT_SIGKILL: Final = 137
-_SPECIFIC_INPUT_REASONS: Final = {
-    Reason.INVALID_DATASET,
-    Reason.INVALID_MODEL,
-    Reason.INVALID_OUTPUT,
-    Reason.ACCESS_DENIED,
-    Reason.INVALID_SPEC,
-    Reason.SECRET_NOT_FOUND,
-}
-_ACCESS_DENIED: Final = re.compile(
-    r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|\b403\b|Forbidden|access denied", re.IGNORECASE
-)
-_DATASET: Final = re.compile(r"\b(train|validation|eval):\d+|dataset|jsonl|\bline \d+", re.IGNORECASE)
-_MODEL: Final = re.compile(r"baseModel|base model|\bmodel\b", re.IGNORECASE)
-_OUTPUT: Final = re.compile(r"output", re.IGNORECASE)
 _IMAGE_PULL: Final = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 # What the scheduler's VolumeBinding plugin says about a pod's claims: `persistentvolumeclaim "x" not
 # found`, `pod has unbound immediate PersistentVolumeClaims`, `... is being deleted`, and for
@@ -74,49 +60,36 @@ def terminated_state(pod: JSON) -> JSON | None:
     return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
 
 
-def termination_summary(pod: JSON) -> JSON:
-    """The trainer's JSON summary from the termination message ({"message": text} if not JSON)."""
+def termination_text(pod: JSON) -> str:
     term = terminated_state(pod) or {}
-    text = str(term.get("message") or "").strip()
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"message": text[-2000:]}
-    return value if isinstance(value, dict) else {"message": text[-2000:]}
+    return str(term.get("message") or "").strip()
 
 
-def _summary_message(summary: JSON, fallback: str) -> str:
-    message = str(summary.get("message") or fallback)
-    line = summary.get("line")
-    if isinstance(line, int) and f"line {line}" not in message and f":{line}" not in message:
-        message = f"{message} (line {line})"
+def termination_summary(pod: JSON) -> Summary | None:
+    """The trainer's typed summary from the termination message; None when there is none (a crash
+    before it was written leaves the log tail there, FallbackToLogsOnError)."""
+    return parse_summary(termination_text(pod))
+
+
+def _message(summary: Summary | None, text: str, fallback: str) -> str:
+    message = summary.message if summary is not None and summary.message else text[-2000:] or fallback
+    if isinstance(summary, Failed) and summary.line is not None and summary.file:
+        where = f"{summary.file}:{summary.line}"
+        if where not in message:
+            message = f"{message} ({where})"
     return message
 
 
-def _input_reason(summary: JSON, message: str) -> str:
-    given = str(summary.get("reason") or "")
-    if given in _SPECIFIC_INPUT_REASONS:
-        return given
-    if _ACCESS_DENIED.search(message):
-        return Reason.ACCESS_DENIED
-    if _DATASET.search(message):
-        return Reason.INVALID_DATASET
-    if _OUTPUT.search(message):
-        return Reason.INVALID_OUTPUT
-    if _MODEL.search(message):
-        return Reason.INVALID_MODEL
-    return INVALID_INPUT
-
-
-def classify_exit(exit_code: int, summary: JSON, term_reason: str = "") -> Failure:
+def classify_exit(exit_code: int, summary: Summary | None, text: str = "", term_reason: str = "") -> Failure:
     """A terminated trainer container with a non-zero exit code."""
-    if exit_code == EXIT_INVALID_INPUT:
-        message = _summary_message(summary, "the trainer found the input invalid")
-        return Failure(_input_reason(summary, message), message, exit_code, permanent=True)
-    if exit_code == EXIT_PREEMPTED:
-        message = _summary_message(summary, "the trainer was stopped and saved a checkpoint")
+    failed = summary if isinstance(summary, Failed) else None
+    if exit_code == ExitCode.INVALID_INPUT:
+        # The trainer names the input; a 42 without a summary is still permanent, so say so generally.
+        reason = failed.reason if failed is not None else FailureReason.INVALID_SPEC
+        message = _message(summary, text, "the trainer found the input invalid")
+        return Failure(reason, message, exit_code, permanent=True)
+    if exit_code == ExitCode.PREEMPTED:
+        message = _message(summary, text, "the trainer was stopped and saved a checkpoint")
         return Failure(Reason.PREEMPTED, message, exit_code, counts=False)
     if term_reason == "OOMKilled" or exit_code == EXIT_SIGKILL:
         return Failure(
@@ -125,14 +98,12 @@ def classify_exit(exit_code: int, summary: JSON, term_reason: str = "") -> Failu
             "hyperparameters.batchSize / maxSeqLength",
             exit_code,
         )
-    if exit_code == EXIT_TRANSIENT:
+    if exit_code == ExitCode.TRANSIENT:
         return Failure(
-            Reason.TRANSIENT_ERROR, _summary_message(summary, "transient I/O error in the trainer"), exit_code
+            Reason.TRANSIENT_ERROR, _message(summary, text, "transient I/O error in the trainer"), exit_code
         )
     return Failure(
-        Reason.TRAINER_ERROR,
-        _summary_message(summary, f"the trainer exited with code {exit_code}"),
-        exit_code,
+        Reason.TRAINER_ERROR, _message(summary, text, f"the trainer exited with code {exit_code}"), exit_code
     )
 
 
@@ -141,7 +112,8 @@ def classify_pod(pod: JSON) -> Failure | None:
     status = pod.get("status") or {}
     term = terminated_state(pod)
     if term is not None and int(term.get("exitCode", 0)) != 0:
-        return classify_exit(int(term["exitCode"]), termination_summary(pod), str(term.get("reason") or ""))
+        text = termination_text(pod)
+        return classify_exit(int(term["exitCode"]), parse_summary(text), text, str(term.get("reason") or ""))
     if status.get("phase") != "Failed":
         return None
     for cond in status.get("conditions") or []:

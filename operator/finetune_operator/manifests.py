@@ -1,11 +1,11 @@
 """The children of a FineTuneJob as plain dicts (pure: no I/O, no clock).
 
-- `<name>-config`          ConfigMap with the trainer's config.json (finetune_trainer.config.TrainerConfig)
+- `<name>-config`          ConfigMap with the trainer's config.json (finetune_contract.config.TrainerConfig)
 - `<name>-validate-<hash>` CPU-only Pod running the trainer image in validate mode
 - `<name>-train-a<N>`      batch/v1 Job of attempt N running the trainer in train mode
 
 A `pvc://<claim>/<path>` base model is a read-only `persistentVolumeClaim` volume of both pods, mounted
-at `finetune_trainer.config.PVC_MOUNT_PATH`; the config tells the trainer that path (`baseModel.mountPath`).
+at `finetune_contract.uris.PVC_MOUNT_PATH`; the config tells the trainer that path (`baseModel.mountPath`).
 
 Every child carries an owner reference to the FineTuneJob (deleting it garbage-collects them all),
 the labels the operator indexes them by, and the same hardened pod settings: non-root, read-only
@@ -19,11 +19,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from finetune_trainer.config import PVC_MOUNT_PATH, TrainerConfig, parse_pvc_uri
+from finetune_contract.config import TrainerConfig
+from finetune_contract.outcomes import ExitCode
+from finetune_contract.spec import TrainingSpec
+from finetune_contract.uris import PVC_MOUNT_PATH, parse_pvc_uri
 
 from . import names
 from .api import API_VERSION, KIND, FineTuneJobSpec
-from .api.spec import DatasetFormat
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -51,11 +53,6 @@ CONTAINER_NAME: Final = "trainer"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 RUN_AS_USER: Final = 1000
-
-# Exit codes of the trainer contract (docs/architecture.md, finetune_trainer.exitcodes).
-EXIT_INVALID_INPUT: Final = 42
-EXIT_TRANSIENT: Final = 75
-EXIT_PREEMPTED: Final = 76
 
 
 @dataclass(frozen=True)
@@ -98,65 +95,23 @@ def validation_hash(spec: FineTuneJobSpec) -> str:
 
 
 def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings) -> TrainerConfig:
-    """Render the spec into the trainer's config model; ValueError if the trainer cannot express it."""
-    hp = spec.hyperparameters
-    dataset: JSON = {
-        "train": spec.dataset.train,
-        "format": "prompt_completion"
-        if spec.dataset.format is DatasetFormat.PROMPT_COMPLETION
-        else spec.dataset.format.value,
+    """The trainer's config: the spec's training part as it is (the same contract models), plus where the
+    pods find the S3 store and a pvc:// model, and the job's identity. ValueError if it does not validate."""
+    doc: JSON = spec.model_dump(mode="json", by_alias=True, exclude_none=True, include=_TRAINING_FIELDS)
+    doc["storage"] = {
+        "endpoint": spec.storage.endpoint or settings.s3_endpoint or None,
+        "region": spec.storage.region,
     }
-    if spec.dataset.validation is not None:
-        dataset["validation"] = spec.dataset.validation
-    split = spec.dataset.effective_validation_split
-    if split is not None:
-        dataset["validationSplit"] = split
-    hyper: JSON = {
-        "epochs": hp.epochs,
-        "learningRate": hp.learning_rate,
-        "lrScheduler": hp.lr_scheduler.transformers_name,
-        "warmupRatio": hp.warmup_ratio,
-        "weightDecay": hp.weight_decay,
-        "maxGradNorm": hp.max_grad_norm,
-        "batchSize": hp.batch_size,
-        "gradientAccumulationSteps": hp.gradient_accumulation_steps,
-        "maxSeqLength": hp.max_seq_length,
-        "packing": hp.packing,
-        "seed": hp.seed,
-        "earlyStopping": {"patience": hp.early_stopping.patience if hp.early_stopping else 0},
-        "gradualUnfreezing": hp.gradual_unfreezing,
-    }
-    if hp.max_steps is not None:
-        hyper["maxSteps"] = hp.max_steps
-    method: JSON = {"type": spec.method.type.value}
-    lora = spec.method.effective_lora
-    if lora is not None:
-        method["lora"] = {
-            "r": lora.r,
-            "alpha": lora.alpha,
-            "dropout": lora.dropout,
-            "targetModules": list(lora.target_modules),
-            "rsLora": lora.rs_lora,
-        }
-    doc: JSON = {
-        "baseModel": {"uri": spec.base_model.uri},
-        "dataset": dataset,
-        "output": {"uri": spec.output.uri},
-        "storage": {
-            "endpoint": spec.storage.endpoint or settings.s3_endpoint or None,
-            "region": spec.storage.region,
-        },
-        "method": method,
-        "hyperparameters": hyper,
-        "checkpointing": {"everySteps": spec.checkpointing.every_steps, "keep": spec.checkpointing.keep},
-        "job": {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid},
-    }
-    if spec.dataset.test is not None:
-        # The held-out test set: scored for exact match at the end, never trained on.
-        doc["eval"] = {"dataset": spec.dataset.test}
+    doc["job"] = {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid}
+    # The token reaches the pods as HF_TOKEN (secretKeyRef); the trainer has no use for the Secret's name.
+    doc["baseModel"].pop("tokenSecretRef", None)
     if base_model_claim(spec) is not None:
         doc["baseModel"]["mountPath"] = PVC_MOUNT_PATH
     return TrainerConfig.model_validate(doc)
+
+
+# The fields FineTuneJobSpec has from TrainingSpec: what the trainer reads, unchanged.
+_TRAINING_FIELDS: Final = set(TrainingSpec.model_fields)
 
 
 def base_model_claim(spec: FineTuneJobSpec) -> str | None:
@@ -361,7 +316,7 @@ def pod_failure_policy() -> JSON:
                 "onExitCodes": {
                     "containerName": CONTAINER_NAME,
                     "operator": "In",
-                    "values": [EXIT_INVALID_INPUT],
+                    "values": [int(ExitCode.INVALID_INPUT)],
                 },
             },
             {
@@ -369,7 +324,7 @@ def pod_failure_policy() -> JSON:
                 "onExitCodes": {
                     "containerName": CONTAINER_NAME,
                     "operator": "In",
-                    "values": [EXIT_PREEMPTED],
+                    "values": [int(ExitCode.PREEMPTED)],
                 },
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},

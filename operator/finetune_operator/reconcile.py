@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from finetune_contract.outcomes import Succeeded, Validated
+
 from . import manifests, names
 from .api import (
     ConditionStatus,
@@ -41,22 +43,22 @@ from .cost import PriceTable, estimate, over_budget, pod_gpu_seconds, usage
 from .failures import Failure as ChildFailure
 from .failures import classify_job, classify_pod, job_condition, pod_blocker, termination_summary
 from .manifests import JobRef
-from .progress import Sample, next_metrics, next_progress
+from .progress import Sample, checkpoint_status, next_metrics, next_progress
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
 TRUE, FALSE = ConditionStatus.TRUE, ConditionStatus.FALSE
 _TERMINAL_POD_PHASES: Final = ("Succeeded", "Failed")
-# Summary keys (the trainer's termination message) that map onto status.metrics.
-_METRIC_KEYS: Final = {
-    "trainLoss": "train_loss",
-    "evalLoss": "eval_loss",
-    "baseEvalLoss": "base_eval_loss",
-    "evalPerplexity": "eval_perplexity",
-    "baseEvalPerplexity": "base_eval_perplexity",
-    "exactMatch": "exact_match",
-    "baseExactMatch": "base_exact_match",
-}
+# Fields of the trainer's final summary that map onto status.metrics (same names on both sides).
+_METRIC_FIELDS: Final = (
+    "train_loss",
+    "eval_loss",
+    "base_eval_loss",
+    "eval_perplexity",
+    "base_eval_perplexity",
+    "exact_match",
+    "base_exact_match",
+)
 
 
 @dataclass(frozen=True)
@@ -259,12 +261,14 @@ def _validate(
     phase = _phase(pod)
     if phase == "Succeeded":
         summary = termination_summary(pod)
-        text = str(summary.get("message") or "dataset, base model and output location are valid")
+        text = "dataset, base model and output location are valid"
+        if isinstance(summary, Validated):
+            text = (
+                f"{summary.message or text}: {summary.rows} training rows, {summary.tokens} tokens per epoch"
+            )
+            b.st.estimate = estimate(spec, summary.tokens, obs.prices)
         b.set(ConditionType.VALIDATED, TRUE, Reason.INPUTS_VALID, text)
         b.clear(ConditionType.STALLED, Reason.PROGRESSING, "validation passed")
-        tokens = summary.get("tokens")
-        if isinstance(tokens, int) and tokens >= 0:
-            b.st.estimate = estimate(spec, tokens, obs.prices)
         b.message(Reason.INPUTS_VALID, text)
         return True
     if phase == "Failed":
@@ -389,7 +393,7 @@ def _train(
         b.set(ConditionType.ADMITTED, TRUE, Reason.JOB_CREATED, f"trainer Job {_name(current)} created")
 
     if job_condition(current, "Complete") is not None:
-        _succeed(b, pods)
+        _succeed(b, spec, pods)
         return
     if job_condition(current, "Failed") is not None:
         _after_failure(
@@ -431,48 +435,45 @@ def _budget(b: _Builder, spec: FineTuneJobSpec) -> None:
     b.set(ConditionType.BUDGET_EXCEEDED, TRUE, reason, text)
 
 
-def _succeed(b: _Builder, pods: Sequence[JSON]) -> None:
+def _succeed(b: _Builder, spec: FineTuneJobSpec, pods: Sequence[JSON]) -> None:
     done = [p for p in pods if _phase(p) == "Succeeded"]
-    summary = termination_summary(done[0]) if done else {}
-    adapter = summary.get("adapterURI")
+    found = termination_summary(done[0]) if done else None
+    summary = found if isinstance(found, Succeeded) else None
+    adapter = summary.adapter_uri if summary is not None else None
     text = f"training finished; adapter at {adapter}" if adapter else "training finished"
     b.set(ConditionType.SUCCEEDED, TRUE, Reason.COMPLETED, text)
     b.set(ConditionType.RUNNING, FALSE, Reason.COMPLETED, "the trainer finished")
     b.clear(ConditionType.STALLED, Reason.COMPLETED, "the trainer finished")
     b.clear(ConditionType.SUSPENDED, Reason.COMPLETED, "the trainer finished")
     b.st.completion_time = b.st.completion_time or b.now
+    b.message(Reason.COMPLETED, text)
+    b.decision.done = True
+    if summary is None:
+        return
     b.st.outputs = Outputs(
-        adapter_uri=summary.get("adapterURI"),
-        sha256=summary.get("sha256"),
-        report_uri=summary.get("reportURI"),
+        adapter_uri=summary.adapter_uri, sha256=summary.sha256, report_uri=summary.report_uri
     )
+    if summary.checkpoints:
+        b.st.checkpoints = checkpoint_status(spec.output.prefix, summary.checkpoints)
     old = b.st.progress or Progress()
-    total = summary.get("totalSteps") if isinstance(summary.get("totalSteps"), int) else old.total_steps
-    step = summary.get("step") if isinstance(summary.get("step"), int) else (total or old.step)
-    epoch = summary.get("epoch")
     b.st.progress = old.model_copy(
         update={
-            "step": step,
-            "total_steps": total,
+            "step": summary.step,
+            "total_steps": summary.total_steps,
             "percent": 100,
             "eta_seconds": 0,
             "eta": "0s",
-            "epoch": f"{float(epoch):.2f}" if isinstance(epoch, int | float) else old.epoch,
+            "epoch": f"{summary.epoch:.2f}" if summary.epoch is not None else old.epoch,
             # The run's average from the summary: the live gauge reads 0 once training stops.
-            "tokens_per_second": f"{float(tps):.1f}"
-            if isinstance(tps := summary.get("tokensPerSecond"), int | float) and tps > 0
+            "tokens_per_second": f"{summary.tokens_per_second:.1f}"
+            if summary.tokens_per_second
             else old.tokens_per_second,
         }
     )
-    metrics = b.st.metrics or Metrics()
     update = {
-        attr: f"{float(summary[key]):.4f}"
-        for key, attr in _METRIC_KEYS.items()
-        if isinstance(summary.get(key), int | float)
+        name: f"{value:.4f}" for name in _METRIC_FIELDS if (value := getattr(summary, name)) is not None
     }
-    b.st.metrics = metrics.model_copy(update=update)
-    b.message(Reason.COMPLETED, text)
-    b.decision.done = True
+    b.st.metrics = (b.st.metrics or Metrics()).model_copy(update=update)
 
 
 def _after_failure(
@@ -565,7 +566,7 @@ def _active(
         p for p in live if _phase(p) == "Running" and not (p.get("metadata") or {}).get("deletionTimestamp")
     ]
     if running:
-        _running(b, obs, settings, running[0], job_name)
+        _running(b, obs, settings, running[0], job_name=job_name, output_prefix=spec.output.prefix)
         return
     finished = [p for p in pods if _phase(p) == "Succeeded"]
     if finished and not live:
@@ -606,13 +607,17 @@ def _active(
     b.message(Reason.PENDING, text)
 
 
-def _running(b: _Builder, obs: Observed, settings: OperatorSettings, pod: JSON, job_name: str) -> None:
+def _running(
+    b: _Builder, obs: Observed, settings: OperatorSettings, pod: JSON, *, job_name: str, output_prefix: str
+) -> None:
     node = (pod.get("spec") or {}).get("nodeName", "")
     text = f"trainer pod {_name(pod)} of Job {job_name} is running on {node}"
     b.set(ConditionType.RUNNING, TRUE, Reason.TRAINER_RUNNING, text)
     if obs.sample is not None:
         b.st.progress = next_progress(b.st.progress, obs.sample, b.now)
         b.st.metrics = next_metrics(b.st.metrics, obs.sample)
+        if obs.sample.checkpoints is not None:
+            b.st.checkpoints = checkpoint_status(output_prefix, obs.sample.checkpoints)
     progress = b.st.progress
     if progress is not None and progress.last_step_time is None and progress.step is None:
         progress = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from finetune_trainer.config import PVC_MOUNT_PATH
+from finetune_contract.uris import PVC_MOUNT_PATH
 from safetensors.numpy import save_file
 
 from tests.integration.test_operator_lifecycle import crd, env, make_job, operator  # noqa: F401  (fixtures)

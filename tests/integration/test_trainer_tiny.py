@@ -102,7 +102,7 @@ def test_lora_chat_end_to_end(tiny: dict[str, Any], s3_env: dict[str, str], tmp_
         [{"prompt": f"Q: what is {i} plus one?\nA:", "completion": f" {i + 1}"} for i in range(24)],
         [{"text": f"Line {i}: the quick brown fox jumps over the lazy dog {i} times."} for i in range(24)],
     ],
-    ids=["prompt_completion", "text"],
+    ids=["prompt-completion", "text"],
 )
 def test_other_formats_train(
     tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, rows: list[Any]
@@ -115,7 +115,7 @@ def test_other_formats_train(
     run = run_trainer("train", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch")
     assert run.returncode == 0, run.stderr[-3000:]
     validation = get_json(client, bucket, "fmt/reports/validation.json")
-    assert validation["format"] == ("text" if "text" in rows[0] else "prompt_completion")
+    assert validation["format"] == ("text" if "text" in rows[0] else "prompt-completion")
     assert validation["files"]["validation"]["rows"] == 6
     assert run.termination["evalLoss"] < run.termination["baseEvalLoss"]
 

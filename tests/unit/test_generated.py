@@ -41,4 +41,5 @@ def test_api_doc_tables_follow_a_changed_description() -> None:
     out = generate.render_api_doc(text)
     assert "old table" not in out
     assert "| `limit` | integer (0-20) | `3` |" in out
-    assert out.startswith("x\n") and out.endswith("<!-- end generated -->\ny\n")
+    assert out.startswith("x\n")
+    assert out.endswith("<!-- end generated -->\ny\n")

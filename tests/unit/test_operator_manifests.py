@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import pytest
+from finetune_contract.config import TrainerConfig
 from finetune_operator import manifests
 from finetune_operator.api import FineTuneJobSpec, LRScheduler
 from finetune_operator.failures import pod_blocker
 from finetune_operator.manifests import JobRef
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.config import TrainerConfig
 from transformers.trainer_utils import SchedulerType
 
 REF = JobRef(name="bot", namespace="team-a", uid="uid-1")
@@ -169,10 +169,13 @@ def test_config_map_renders_a_valid_trainer_config() -> None:
     cm = manifests.config_map(REF, manifests.trainer_config(REF, s, SETTINGS))
     assert cm["metadata"]["name"] == "bot-config"
     cfg = TrainerConfig.model_validate_json(cm["data"]["config.json"])
-    assert cfg.dataset.format == "prompt_completion"
-    assert cfg.hyperparameters.lr_scheduler == "constant_with_warmup"
+    assert cfg.dataset.format == "prompt-completion"
+    # One model on both sides: the trainer reads exactly the spec's training part.
+    assert cfg.hyperparameters == s.hyperparameters
+    assert cfg.dataset == s.dataset
+    assert cfg.hyperparameters.lr_scheduler.transformers_name == "constant_with_warmup"
     assert cfg.hyperparameters.learning_rate == pytest.approx(1e-4)
-    assert cfg.hyperparameters.early_stopping.patience == 2
+    assert cfg.hyperparameters.patience == 2
     assert cfg.storage.endpoint == "http://s3:9000"
     assert cfg.job.name == "bot"
     assert cfg.job.namespace == "team-a"
@@ -182,7 +185,7 @@ def test_config_map_renders_a_valid_trainer_config() -> None:
 @pytest.mark.parametrize("scheduler", list(LRScheduler), ids=str)
 def test_every_api_scheduler_renders_as_its_transformers_name(scheduler: LRScheduler) -> None:
     cfg = manifests.trainer_config(REF, spec(hyperparameters={"lrScheduler": scheduler.value}), SETTINGS)
-    assert cfg.hyperparameters.lr_scheduler == scheduler.transformers_name
+    assert cfg.hyperparameters.lr_scheduler.transformers_name == scheduler.transformers_name
     assert scheduler.transformers_name in {s.value for s in SchedulerType}
 
 
@@ -198,7 +201,7 @@ def test_config_carries_the_new_training_and_eval_fields() -> None:
     )
     cm = manifests.config_map(REF, manifests.trainer_config(REF, full, SETTINGS))
     cfg = TrainerConfig.model_validate_json(cm["data"]["config.json"])
-    assert cfg.eval.dataset == "s3://data/heldout.jsonl"
+    assert cfg.dataset.test == "s3://data/heldout.jsonl"
     assert cfg.dataset.validation == "s3://data/val.jsonl"
     hp = cfg.hyperparameters
     assert hp.max_steps == 50
@@ -209,12 +212,15 @@ def test_config_carries_the_new_training_and_eval_fields() -> None:
     cfg = TrainerConfig.model_validate_json(
         manifests.config_map(REF, manifests.trainer_config(REF, lora, SETTINGS))["data"]["config.json"]
     )
-    assert cfg.method.lora.rs_lora is False
-    assert cfg.eval.dataset is None
+    assert cfg.method.effective_lora is not None
+    assert cfg.method.effective_lora.rs_lora is False
+    assert cfg.dataset.test is None
     assert (cfg.hyperparameters.max_grad_norm, cfg.hyperparameters.gradual_unfreezing) == (1.0, False)
     assert cfg.hyperparameters.max_steps is None
     # The defaults reach the trainer too: rank-stabilized scaling unless turned off.
-    assert manifests.trainer_config(REF, spec(), SETTINGS).method.lora.rs_lora is True
+    default_lora = manifests.trainer_config(REF, spec(), SETTINGS).method.effective_lora
+    assert default_lora is not None
+    assert default_lora.rs_lora is True
 
 
 # --- hf:// base models ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from finetune_operator.api import FineTuneJobSpec, Progress
+from finetune_contract.outcomes import Failed, FailureReason, render_summary
+from finetune_operator.api import FineTuneJobSpec, Progress, Reason
 from finetune_operator.cost import estimate, parse_price_table, pod_gpu_seconds, pod_run_seconds, usage
 from finetune_operator.failures import (
     classify_exit,
@@ -37,33 +38,48 @@ def failed_pod(code: int, message: str = "", reason: str = "Error") -> dict[str,
     }
 
 
+def failed(reason: FailureReason, code: int, message: str, **where: Any) -> Failed:
+    return Failed(reason=reason, exit_code=code, message=message, **where)
+
+
 @pytest.mark.parametrize(
     ("code", "summary", "reason", "permanent", "counts"),
     [
         (
             42,
-            {"reason": "InvalidDataset", "message": "invalid input: train:3: bad", "line": 3},
+            failed(FailureReason.INVALID_DATASET, 42, "invalid input: train:3: bad", file="train", line=3),
             "InvalidDataset",
             True,
             True,
         ),
-        (42, {"message": "reading s3://b/k: AccessDenied"}, "AccessDenied", True, True),
-        (42, {"message": "output.uri: bucket not writable"}, "InvalidOutput", True, True),
-        (42, {"message": "something odd"}, "InvalidInput", True, True),
-        (75, {"message": "S3 timeout"}, "TransientError", False, True),
-        (76, {"message": "SIGTERM"}, "Preempted", False, False),
-        (137, {}, "OOMKilled", False, True),
-        (1, {"message": "Traceback"}, "TrainerError", False, True),
+        # The trainer's reason is taken as it is, whatever the message says.
+        (42, failed(FailureReason.ACCESS_DENIED, 42, "reading the dataset"), "AccessDenied", True, True),
+        (42, failed(FailureReason.INVALID_OUTPUT, 42, "dataset is fine"), "InvalidOutput", True, True),
+        (42, failed(FailureReason.INVALID_MODEL, 42, "output.uri AccessDenied"), "InvalidModel", True, True),
+        # A 42 without a summary is still never retried.
+        (42, None, "InvalidSpec", True, True),
+        (75, failed(FailureReason.TRANSIENT_ERROR, 75, "S3 timeout"), "TransientError", False, True),
+        (76, failed(FailureReason.PREEMPTED, 76, "SIGTERM"), "Preempted", False, False),
+        (137, None, "OOMKilled", False, True),
+        (1, failed(FailureReason.TRAINER_ERROR, 1, "Traceback"), "TrainerError", False, True),
     ],
 )
-def test_exit_codes(code: int, summary: dict[str, Any], reason: str, permanent: bool, counts: bool) -> None:
+def test_exit_codes(code: int, summary: Failed | None, reason: str, permanent: bool, counts: bool) -> None:
     f = classify_exit(code, summary)
     assert (f.reason, f.permanent, f.counts, f.exit_code) == (reason, permanent, counts, code)
 
 
-def test_line_number_is_kept_in_the_message() -> None:
-    f = classify_exit(42, {"reason": "InvalidDataset", "message": "row has no messages", "line": 12})
-    assert "line 12" in f.message
+def test_every_trainer_reason_is_a_condition_reason() -> None:
+    assert {r.value for r in FailureReason} <= {r.value for r in Reason}
+
+
+def test_file_and_line_are_kept_in_the_message() -> None:
+    f = classify_exit(
+        42, failed(FailureReason.INVALID_DATASET, 42, "row has no messages", file="train", line=12)
+    )
+    assert f.message == "row has no messages (train:12)"
+    f = classify_exit(42, failed(FailureReason.INVALID_DATASET, 42, "train:12: row has no messages", line=12))
+    assert f.message == "train:12: row has no messages"
 
 
 def test_oom_killed_reason_wins_over_exit_code() -> None:
@@ -72,10 +88,19 @@ def test_oom_killed_reason_wins_over_exit_code() -> None:
     assert f.reason == "OOMKilled"
 
 
-def test_termination_message_falls_back_to_text() -> None:
-    assert termination_summary(failed_pod(1, "plain log tail")) == {"message": "plain log tail"}
-    assert termination_summary(failed_pod(1, json.dumps({"result": "Failed"}))) == {"result": "Failed"}
-    assert termination_summary({"status": {}}) == {}
+def test_termination_message_is_typed_or_nothing() -> None:
+    assert termination_summary(failed_pod(1, "plain log tail")) is None
+    # Not a summary of the contract (no reason): not guessed at.
+    assert termination_summary(failed_pod(1, json.dumps({"result": "Failed"}))) is None
+    assert termination_summary({"status": {}}) is None
+    text = render_summary(failed(FailureReason.INVALID_MODEL, 42, "no config.json"))
+    assert termination_summary(failed_pod(42, text)) == failed(
+        FailureReason.INVALID_MODEL, 42, "no config.json"
+    )
+    # The log tail (FallbackToLogsOnError) is what the user sees when there is no summary.
+    crashed = classify_pod(failed_pod(1, "Traceback ...\nKeyError: 'x'"))
+    assert crashed is not None
+    assert crashed.message.endswith("KeyError: 'x'")
 
 
 def test_succeeded_pod_is_no_failure() -> None:
@@ -157,7 +182,8 @@ def test_blockers(status: dict[str, Any], reason: str | None) -> None:
 
 def test_job_failure_prefers_the_permanent_pod() -> None:
     job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
-    f = classify_job(job, [failed_pod(75), failed_pod(42, json.dumps({"message": "train:2: bad"}))])
+    bad_row = render_summary(failed(FailureReason.INVALID_DATASET, 42, "bad", file="train", line=2))
+    f = classify_job(job, [failed_pod(75), failed_pod(42, bad_row)])
     assert f.permanent
     assert f.reason == "InvalidDataset"
     deadline = {

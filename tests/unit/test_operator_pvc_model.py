@@ -6,14 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from finetune_contract.config import TrainerConfig
+from finetune_contract.uris import PVC_MOUNT_PATH
 from finetune_operator import manifests, names
 from finetune_operator.api import ConditionType, FineTuneJobSpec, Phase
 from finetune_operator.failures import pod_blocker
 from finetune_operator.manifests import JobRef
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.config import PVC_MOUNT_PATH, TrainerConfig
 
-from tests.unit.test_operator_reconcile import cond, make_spec, run, terminated, tjob, tpod
+from tests.unit.test_operator_reconcile import VALIDATED, cond, make_spec, run, terminated, tjob, tpod
 from tests.unit.test_operator_reconcile import pod as child_pod
 
 REF = JobRef(name="bot", namespace="team-a", uid="uid-1")
@@ -148,7 +149,7 @@ def test_validation_waiting_for_the_claim_stalls_with_its_name_and_does_not_fail
 
 
 def test_trainer_waiting_for_the_claim_says_so_rather_than_waiting_for_gpus() -> None:
-    passed = pvc_vpod("Succeeded", state=terminated(0, {"result": "Validated", "tokens": 3600}))
+    passed = pvc_vpod("Succeeded", state=terminated(0, VALIDATED))
     validated = run(spec=PVC_SPEC, vpods=[passed]).status
     assert validated.phase == Phase.QUEUED
     pending = tpod(1, "Pending", conditions=unschedulable(UNBOUND))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from finetune_contract.outcomes import (
+    CheckpointRef,
+    Failed,
+    FailureReason,
+    Succeeded,
+    Validated,
+    render_summary,
+)
 from finetune_operator.api import ConditionType, FineTuneJobSpec, FineTuneJobStatus, Phase, find_condition
 from finetune_operator.cost import parse_price_table
 from finetune_operator.manifests import JobRef
@@ -40,9 +47,12 @@ def make_spec(**overrides: Any) -> FineTuneJobSpec:
 
 
 def terminated(
-    code: int, message: dict[str, Any] | str | None = None, start: float = -60, end: float = -1
+    code: int,
+    message: Validated | Succeeded | Failed | str | None = None,
+    start: float = -60,
+    end: float = -1,
 ) -> dict[str, Any]:
-    text = json.dumps(message) if isinstance(message, dict) else (message or "")
+    text = message if isinstance(message, str) else (render_summary(message) if message is not None else "")
     return {
         "terminated": {
             "exitCode": code,
@@ -52,6 +62,15 @@ def terminated(
             "reason": "Completed" if code == 0 else "Error",
         }
     }
+
+
+VALIDATED = Validated(rows=120, tokens=3600)
+
+
+def bad_row(line: int, problem: str) -> Failed:
+    return Failed(
+        reason=FailureReason.INVALID_DATASET, exit_code=42, message=problem, file="train", line=line
+    )
 
 
 def pod(
@@ -132,7 +151,7 @@ def run(
 
 def validated() -> FineTuneJobStatus:
     """The status after validation passed and attempt 1 was created."""
-    return run(vpods=[vpod("Succeeded", state=terminated(0, {"result": "Validated", "tokens": 3600}))]).status
+    return run(vpods=[vpod("Succeeded", state=terminated(0, VALIDATED))]).status
 
 
 def cond(d: Decision, type_: str) -> tuple[str, str] | None:
@@ -163,9 +182,7 @@ def test_validation_running_creates_nothing() -> None:
 
 
 def test_validation_passed_creates_attempt_one_and_estimates() -> None:
-    d = run(
-        run().status, vpods=[vpod("Succeeded", state=terminated(0, {"result": "Validated", "tokens": 3600}))]
-    )
+    d = run(run().status, vpods=[vpod("Succeeded", state=terminated(0, VALIDATED))])
     assert kinds(d) == [("ConfigMap", "bot-config"), ("Job", "bot-train-a1")]
     assert d.create[1]["metadata"]["annotations"]["finetune.dev/retries-used"] == "0"
     assert cond(d, ConditionType.VALIDATED) == ("True", "InputsValid")
@@ -183,34 +200,31 @@ def test_validation_passed_creates_attempt_one_and_estimates() -> None:
 @pytest.mark.parametrize(
     ("message", "reason", "needle"),
     [
+        (bad_row(3, "not valid JSON"), "InvalidDataset", "not valid JSON (train:3)"),
         (
-            {"reason": "InvalidDataset", "message": "invalid input: train:3: not valid JSON", "line": 3},
-            "InvalidDataset",
-            "train:3",
-        ),
-        (
-            {"reason": "InvalidInput", "message": "invalid input: train:7: needs messages"},
-            "InvalidDataset",
-            "train:7",
-        ),
-        (
-            {"reason": "AccessDenied", "message": "reading s3://data/train.jsonl: AccessDenied"},
-            "AccessDenied",
-            "AccessDenied",
-        ),
-        (
-            {"reason": "InvalidInput", "message": "reading s3://b/k: An error occurred (403) Forbidden"},
+            Failed(
+                reason=FailureReason.ACCESS_DENIED, exit_code=42, message="reading s3://data/train.jsonl: 403"
+            ),
             "AccessDenied",
             "403",
         ),
         (
-            {"reason": "InvalidInput", "message": "baseModel.uri has no config.json"},
+            Failed(
+                reason=FailureReason.INVALID_MODEL, exit_code=42, message="baseModel.uri has no config.json"
+            ),
             "InvalidModel",
             "config.json",
         ),
+        (
+            Failed(reason=FailureReason.INVALID_OUTPUT, exit_code=42, message="output.uri is not writable"),
+            "InvalidOutput",
+            "not writable",
+        ),
+        # No summary at all (the pod died before writing one): still permanent, with the log tail.
+        ("Traceback ... ValueError: boom", "InvalidSpec", "boom"),
     ],
 )
-def test_invalid_input_fails_before_any_gpu(message: dict[str, Any], reason: str, needle: str) -> None:
+def test_invalid_input_fails_before_any_gpu(message: Failed | str, reason: str, needle: str) -> None:
     d = run(run().status, vpods=[vpod("Failed", state=terminated(42, message))])
     assert d.done
     assert d.status.phase == Phase.FAILED
@@ -278,7 +292,7 @@ def test_finished_trainer_before_the_job_completes_stays_running() -> None:
     """Between the trainer's exit 0 and the Job controller's Complete, the phase must not go back."""
     running = tpod(1, "Running", state={"running": {"startedAt": ts(-36)}})
     before = run(validated(), jobs=[tjob(1)], tpods=[running]).status
-    done = tpod(1, "Succeeded", state=terminated(0, {"result": "Succeeded"}))
+    done = tpod(1, "Succeeded", state=terminated(0))
     d = run(before, jobs=[tjob(1)], tpods=[done])
     assert d.status.phase == Phase.RUNNING
     assert cond(d, ConditionType.RUNNING) == ("True", "TrainerRunning")
@@ -308,17 +322,19 @@ def test_stalled_when_the_step_does_not_move() -> None:
 
 
 def test_complete_job_succeeds_with_outputs() -> None:
-    summary = {
-        "result": "Succeeded",
-        "step": 20,
-        "totalSteps": 20,
-        "epoch": 3.0,
-        "trainLoss": 0.42,
-        "adapterURI": "s3://out/bot/adapter/",
-        "sha256": "a" * 64,
-        "reportURI": "s3://out/bot/reports/result.json",
-        "tokensPerSecond": 117.25,
-    }
+    summary = Succeeded(
+        step=20,
+        total_steps=20,
+        epoch=3.0,
+        train_loss=0.42,
+        eval_loss=0.5,
+        eval_perplexity=1.6487,
+        adapter_uri="s3://out/bot/adapter/",
+        sha256="a" * 64,
+        report_uri="s3://out/bot/reports/result.json",
+        tokens_per_second=117.25,
+        checkpoints=[CheckpointRef(step=10, created_at=NOW), CheckpointRef(step=20, created_at=NOW)],
+    )
     d = run(
         validated(),
         jobs=[tjob(1, cond="Complete")],
@@ -336,6 +352,11 @@ def test_complete_job_succeeds_with_outputs() -> None:
     assert d.status.progress.percent == 100
     assert d.status.metrics is not None
     assert d.status.metrics.train_loss == "0.4200"
+    assert d.status.metrics.eval_perplexity == "1.6487"
+    assert [(c.step, c.uri, c.complete) for c in d.status.checkpoints] == [
+        (10, "s3://out/bot/checkpoints/step-10/", True),
+        (20, "s3://out/bot/checkpoints/step-20/", True),
+    ]
     assert d.status.completion_time == NOW
     assert [e.reason for e in d.events] == ["Succeeded"]
 
@@ -354,7 +375,7 @@ def test_transient_failures_use_the_budget(
     code: int, used: int, limit: int, expect_reason: str, next_used: int | None
 ) -> None:
     spec = make_spec(retries={"limit": limit})
-    failed = tpod(1, "Failed", state=terminated(code, {"message": "boom"}))
+    failed = tpod(1, "Failed", state=terminated(code, "boom"))
     d = run(
         validated(),
         spec,
@@ -375,7 +396,7 @@ def test_transient_failures_use_the_budget(
 
 
 def test_invalid_input_in_training_is_never_retried() -> None:
-    failed = tpod(1, "Failed", state=terminated(42, {"message": "invalid input: train:9: bad row"}))
+    failed = tpod(1, "Failed", state=terminated(42, bad_row(9, "bad row")))
     d = run(validated(), jobs=[tjob(1, cond="Failed", reason="PodFailurePolicy")], tpods=[failed])
     assert cond(d, ConditionType.FAILED) == ("True", "InvalidDataset")
     assert d.create == []
@@ -389,7 +410,7 @@ def test_deadline_exceeded_is_terminal() -> None:
 def test_next_attempt_gets_the_deadline_that_is_left() -> None:
     spec = make_spec(activeDeadlineSeconds=1000)
     st = validated()  # started at NOW
-    failed = tpod(1, "Failed", state=terminated(75, {}))
+    failed = tpod(1, "Failed", state=terminated(75))
     d = run(st, spec, jobs=[tjob(1, cond="Failed")], tpods=[failed], now=NOW + timedelta(seconds=400))
     assert d.create[1]["spec"]["activeDeadlineSeconds"] == 600
     d = run(st, spec, jobs=[tjob(1, cond="Failed")], tpods=[failed], now=NOW + timedelta(seconds=1001))
@@ -416,15 +437,13 @@ def test_suspend_and_resume() -> None:
 
 def test_suspended_before_training_creates_no_job() -> None:
     st = run(vpods=[vpod("Running")]).status
-    d = run(st, make_spec(suspend=True), vpods=[vpod("Succeeded", state=terminated(0, {}))])
+    d = run(st, make_spec(suspend=True), vpods=[vpod("Succeeded", state=terminated(0))])
     assert not any(o["kind"] == "Job" for o in d.create)
     assert d.status.phase == Phase.SUSPENDED
 
 
 def test_terminal_job_is_left_alone() -> None:
-    failed = run(
-        run().status, vpods=[vpod("Failed", state=terminated(42, {"message": "train:1: bad"}))]
-    ).status
+    failed = run(run().status, vpods=[vpod("Failed", state=terminated(42, bad_row(1, "bad")))]).status
     d = run(failed, vpods=[], jobs=[], tpods=[])
     assert d.done
     assert d.create == []
@@ -434,7 +453,7 @@ def test_terminal_job_is_left_alone() -> None:
 
 def test_a_job_not_yet_in_the_index_is_not_created_twice() -> None:
     st = validated()
-    failed = tpod(1, "Failed", state=terminated(75, {}))
+    failed = tpod(1, "Failed", state=terminated(75))
     d = run(st, jobs=[tjob(1, cond="Failed")], tpods=[failed])
     assert kinds(d)[-1] == ("Job", "bot-train-a2")
     # the index still shows only attempt 1 while the status already says 2: wait, create nothing
@@ -489,7 +508,7 @@ def test_scrape_target_is_the_running_pod_of_the_current_attempt() -> None:
 def test_budget_estimate_warns_and_usage_stops_the_trainer() -> None:
     spec = make_spec(budget={"maxCost": "0.01"})
     # the estimate (10800 tokens / 1000 tok/s = 10.8 s at 2.00/h = 0.006) is within budget
-    first = run(run().status, spec, vpods=[vpod("Succeeded", state=terminated(0, {"tokens": 3600}))])
+    first = run(run().status, spec, vpods=[vpod("Succeeded", state=terminated(0, VALIDATED))])
     assert cond(first, ConditionType.BUDGET_EXCEEDED) == ("False", "WithinBudget")
     running = tpod(1, "Running", state={"running": {"startedAt": ts(-36)}})
     d = run(first.status, spec, jobs=[tjob(1)], tpods=[running])  # 36 GPU-seconds = 0.02 > 0.01
@@ -502,7 +521,7 @@ def test_budget_estimate_warns_and_usage_stops_the_trainer() -> None:
     big = run(
         run().status,
         make_spec(budget={"maxCost": "0.001"}),
-        vpods=[vpod("Succeeded", state=terminated(0, {"tokens": 3600}))],
+        vpods=[vpod("Succeeded", state=terminated(0, VALIDATED))],
     )
     assert cond(big, ConditionType.BUDGET_EXCEEDED) == ("True", "MaxCostExceeded")
     assert ("Warning", "MaxCostExceeded") in [(e.type, e.reason) for e in big.events]

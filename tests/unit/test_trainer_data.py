@@ -29,7 +29,7 @@ def test_parse_jsonl_keeps_line_numbers_and_skips_blank_lines() -> None:
     ("row", "fmt"),
     [
         ({"messages": [{"role": "user", "content": "hi"}]}, "chat"),
-        ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+        ({"prompt": "p", "completion": "c"}, "prompt-completion"),
         ({"text": "t"}, "text"),
         ({"question": "q"}, None),
     ],
@@ -55,7 +55,7 @@ def test_detect_format(row: dict[str, Any], fmt: str | None) -> None:
             "chat",
             "no assistant message",
         ),
-        ({"prompt": "p", "completion": ""}, "prompt_completion", "'completion' is empty"),
+        ({"prompt": "p", "completion": ""}, "prompt-completion", "'completion' is empty"),
         ({"text": ""}, "text", "'text' is empty"),
         ({"text": "x"}, "chat", "one format per dataset"),
         ({"foo": 1}, "text", "use one of the three formats"),
@@ -70,13 +70,13 @@ def test_check_row_says_what_is_wrong(row: dict[str, Any], fmt: data.Format, nee
 def test_good_rows_pass() -> None:
     chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     assert data.check_row(chat, "chat") is None
-    assert data.check_row({"prompt": "", "completion": "c"}, "prompt_completion") is None
+    assert data.check_row({"prompt": "", "completion": "c"}, "prompt-completion") is None
 
 
 def test_fingerprint_ignores_whitespace_differences() -> None:
     a = {"prompt": "What  is it?", "completion": "X"}
     b = {"prompt": "What is it? ", "completion": "X"}
-    assert data.row_fingerprint(a, "prompt_completion") == data.row_fingerprint(b, "prompt_completion")
+    assert data.row_fingerprint(a, "prompt-completion") == data.row_fingerprint(b, "prompt-completion")
 
 
 def trained_text(tokenizer: Any, example: data.Example) -> str:
@@ -119,7 +119,7 @@ def test_chat_weight_zero_is_shown_but_not_trained(tokenizer: Any) -> None:
 
 def test_prompt_completion_trains_completion_and_eos(tokenizer: Any) -> None:
     example = data.tokenize_row(
-        {"prompt": "Q: 2+2?\nA:", "completion": " 4"}, "prompt_completion", tokenizer, 512
+        {"prompt": "Q: 2+2?\nA:", "completion": " 4"}, "prompt-completion", tokenizer, 512
     )
     assert trained_text(tokenizer, example) == " 4" + tokenizer.eos_token
 

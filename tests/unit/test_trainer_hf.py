@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from finetune_operator.api.spec import HF_URI
+from finetune_contract.config import TrainerBaseModel as BaseModelSpec
+from finetune_contract.uris import HF_URI, HfUri, parse_hf_uri
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.config import BaseModelSpec
 from finetune_trainer.exitcodes import InvalidInputError
-from finetune_trainer.hf_hub import HfUri, parse_hf_uri, small_files, weight_files
+from finetune_trainer.hf_hub import small_files, weight_files
 from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from finetune_trainer.config import PVC_MOUNT_PATH, BaseModelSpec, TrainerConfig, parse_pvc_uri
+from finetune_contract.config import TrainerBaseModel as BaseModelSpec
+from finetune_contract.config import TrainerConfig
+from finetune_contract.uris import PVC_MOUNT_PATH, parse_pvc_uri
 from finetune_trainer.exitcodes import InvalidInputError
 from finetune_trainer.model_loading import check_loadable, fetch_model, local_model
 from finetune_trainer.s3io import S3
@@ -38,12 +40,12 @@ def test_pvc_uris_map_to_the_mount(uri: str, claim: str, path: str) -> None:
 @pytest.mark.parametrize(
     ("uri", "needle"),
     [
-        ("pvc://Models/x", "DNS label"),
-        ("pvc:///x", "DNS label"),
-        ("pvc://m/../etc", "'..'"),
+        ("pvc://Models/x", "baseModel.uri must be"),
+        ("pvc:///x", "baseModel.uri must be"),
+        ("pvc://m/../etc", "baseModel.uri must be"),
         ("pvc://m/./x", "'.'"),
         ("pvc://m//x", "empty"),
-        ("file:///models/x", "must start with s3://"),
+        ("file:///models/x", "baseModel.uri must be"),
     ],
 )
 def test_bad_pvc_uris_are_refused(uri: str, needle: str) -> None:
@@ -57,8 +59,8 @@ def test_mount_path_must_be_absolute_and_s3_models_have_no_local_path() -> None:
     cfg = TrainerConfig.model_validate(
         {
             "baseModel": {"uri": "s3://models/m/"},
-            "dataset": {"train": "s3://d/t.jsonl"},
-            "output": {"uri": "s3://o/x/"},
+            "dataset": {"train": "s3://data/t.jsonl"},
+            "output": {"uri": "s3://out/x/"},
         }
     )
     assert cfg.base_model.local_path is None

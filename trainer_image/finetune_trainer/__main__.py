@@ -14,9 +14,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import exitcodes
-from .config import TrainerConfig, load_config
-from .exitcodes import InvalidInputError, TrainerError
+from finetune_contract.config import TrainerConfig, load_config
+from finetune_contract.outcomes import ExitCode, Failed, FailureReason, Succeeded, Validated
+
+from .exitcodes import TrainerError
+from .outputs import write_termination_message
 
 log = logging.getLogger("finetune_trainer")
 
@@ -50,7 +52,7 @@ def _offline_defaults() -> None:
         Path(tmp).mkdir(parents=True, exist_ok=True)
 
 
-def validate(cfg: TrainerConfig) -> dict[str, Any]:
+def validate(cfg: TrainerConfig) -> Validated:
     """Validate-only mode: run every check, write reports/validation.json, fail with 42 if invalid."""
     from .s3io import S3
     from .validate import run_checks
@@ -60,8 +62,8 @@ def validate(cfg: TrainerConfig) -> dict[str, Any]:
     report, _ = run_checks(cfg, s3, scratch, full_model=False)
     _write_validation(s3, cfg, scratch, report.as_dict())
     if not report.valid:
-        raise InvalidInputError(report.summary())
-    return {"result": "Validated", "message": report.summary(), "warnings": len(report.warnings)}
+        raise report.failure()
+    return report.validated()
 
 
 def _write_validation(s3: Any, cfg: TrainerConfig, scratch: Path, payload: dict[str, Any]) -> None:
@@ -74,7 +76,7 @@ def _write_validation(s3: Any, cfg: TrainerConfig, scratch: Path, payload: dict[
         log.warning("could not upload validation.json: %s", exc)
 
 
-def train(cfg: TrainerConfig) -> dict[str, Any]:
+def train(cfg: TrainerConfig) -> Succeeded:
     """Validate, then train (resuming from the last complete checkpoint), evaluate and publish."""
     from . import train as training
     from .metrics_server import create_metrics, serve
@@ -90,7 +92,7 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
         report, prepared = run_checks(cfg, s3, scratch, full_model=True)
         _write_validation(s3, cfg, scratch, report.as_dict())
         if prepared is None:
-            raise InvalidInputError(report.summary())
+            raise report.failure()
         run = training.run_training(cfg, s3, scratch, prepared, metrics=metrics, preemption=preemption)
         return training.publish(cfg, s3, scratch, prepared, run)
     finally:
@@ -104,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     _offline_defaults()
-    from .outputs import write_termination_message
 
     args = _parse_args(argv)
     try:
@@ -112,31 +113,34 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         message = f"invalid config {args.config}: {exc}"
         log.error("%s", message)
-        write_termination_message({"result": "Failed", "reason": "InvalidConfig", "message": message})
-        return exitcodes.INVALID_INPUT
+        _fail(FailureReason.INVALID_CONFIG, ExitCode.INVALID_INPUT, message)
+        return ExitCode.INVALID_INPUT
+    summary: Validated | Succeeded
     try:
         summary = validate(cfg) if args.mode == "validate" else train(cfg)
     except TrainerError as exc:
         log.error("%s: %s", exc.reason, exc)
-        result = "Preempted" if exc.exit_code == exitcodes.PREEMPTED else "Failed"
-        write_termination_message(
-            {"result": result, "reason": exc.reason, "exitCode": exc.exit_code, "message": str(exc)}
-        )
+        _fail(exc.reason, exc.exit_code, str(exc), file=exc.file, line=exc.line)
         return exc.exit_code
     except ValueError as exc:
-        # Our own checks raise ValueError with what to change: a permanent input problem.
+        # Our own checks raise ValueError with what to change: a permanent problem with the spec.
         log.error("invalid input: %s", exc)
-        write_termination_message({"result": "Failed", "reason": "InvalidInput", "message": str(exc)})
-        return exitcodes.INVALID_INPUT
+        _fail(FailureReason.INVALID_SPEC, ExitCode.INVALID_INPUT, str(exc))
+        return ExitCode.INVALID_INPUT
     except Exception as exc:
         traceback.print_exc()
-        write_termination_message(
-            {"result": "Failed", "reason": "Crashed", "message": f"{type(exc).__name__}: {exc}"}
-        )
+        _fail(FailureReason.TRAINER_ERROR, 1, f"{type(exc).__name__}: {exc}")
         return 1
-    log.info("done: %s", summary)
+    log.info("done: %s", summary.message or summary.result)
     write_termination_message(summary)
-    return exitcodes.SUCCESS
+    return ExitCode.SUCCESS
+
+
+def _fail(reason: FailureReason, exit_code: int, message: str, **where: Any) -> None:
+    failed = Failed(reason=reason, exit_code=exit_code, message=message, **where)
+    if exit_code == ExitCode.PREEMPTED:
+        failed = failed.model_copy(update={"result": "Preempted"})
+    write_termination_message(failed)
 
 
 if __name__ == "__main__":

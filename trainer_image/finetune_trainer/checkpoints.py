@@ -11,9 +11,14 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from .s3io import S3, S3Uri
+from finetune_contract.outcomes import CheckpointRef
+from finetune_contract.uris import S3Uri
+
+from .exitcodes import TrainerError
+from .s3io import S3
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +72,29 @@ class CheckpointStore:
         self.s3 = s3
         self.prefix = checkpoints_prefix(output_prefix)
         self.keep = keep
+        # step -> when its marker says it was saved (markers never change once written)
+        self._created: dict[int, datetime | None] = {}
 
-    def list(self) -> list[CheckpointInfo]:
+    def listing(self) -> list[CheckpointInfo]:
         return parse_listing(self.s3.list_keys(self.prefix), self.prefix.key)
+
+    def refs(self) -> list[CheckpointRef]:
+        """What is in S3 now, oldest first, with the creation time from each complete one's marker."""
+        out = []
+        for info in self.listing():
+            if info.complete and info.step not in self._created:
+                self._created[info.step] = self._marker_time(info.step)
+            created = self._created.get(info.step) if info.complete else None
+            out.append(CheckpointRef(step=info.step, complete=info.complete, created_at=created))
+        return out
+
+    def _marker_time(self, step: int) -> datetime | None:
+        try:
+            marker = json.loads(self.s3.get_bytes(self.uri(step).join(MARKER)))
+            return datetime.fromisoformat(str(marker["createdAt"]).replace("Z", "+00:00"))
+        except (TrainerError, ValueError, KeyError, TypeError):
+            # Status detail only: a marker we cannot read still marks the checkpoint complete.
+            return None
 
     def uri(self, step: int) -> S3Uri:
         return self.prefix.join(f"step-{step}/")
@@ -90,12 +115,12 @@ class CheckpointStore:
         return target
 
     def prune(self) -> None:
-        for step in to_prune(self.list(), self.keep):
+        for step in to_prune(self.listing(), self.keep):
             log.info("pruning checkpoint step %d", step)
             self.s3.delete_prefix(self.uri(step))
 
     def download_latest(self, dest_root: Path) -> tuple[int, Path] | None:
-        step = latest_complete(self.list())
+        step = latest_complete(self.listing())
         if step is None:
             return None
         dest = dest_root / f"checkpoint-{step}"

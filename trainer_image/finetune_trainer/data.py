@@ -5,7 +5,7 @@ Three row formats, detected from the first valid row unless `dataset.format` say
 - chat: ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}``
   (the OpenAI fine-tuning format; an assistant message may carry ``"weight": 0`` to be shown
   but not trained on). Rendered with the model's chat template; loss on assistant turns only.
-- prompt_completion: ``{"prompt": ..., "completion": ...}``; loss on the completion only.
+- prompt-completion: ``{"prompt": ..., "completion": ...}``; loss on the completion only.
 - text: ``{"text": ...}``; loss on every token.
 """
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-Format = Literal["chat", "prompt_completion", "text"]
+from finetune_contract.outcomes import FailureReason
+
+Format = Literal["chat", "prompt-completion", "text"]
 IGNORE_INDEX = -100
 ROLES = {"system", "user", "assistant"}
 
@@ -27,14 +29,30 @@ class Row:
     data: dict[str, Any]
 
 
+# Which input an issue is about decides its failure reason; every dataset file (train, validation, test)
+# is InvalidDataset.
+_FILE_REASONS: Final = {"baseModel": FailureReason.INVALID_MODEL, "output": FailureReason.INVALID_OUTPUT}
+
+
 @dataclass(frozen=True)
 class Issue:
-    file: str
+    file: str  # train, validation, test, baseModel, output
     line: int | None
     message: str
+    # Set when the cause says more than the file does (AccessDenied).
+    reason: FailureReason | None = None
+
+    @property
+    def failure_reason(self) -> FailureReason:
+        return self.reason or _FILE_REASONS.get(self.file, FailureReason.INVALID_DATASET)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "message": self.message}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "reason": self.failure_reason.value,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -64,11 +82,18 @@ def parse_jsonl(text: str, name: str) -> ParsedFile:
     return parsed
 
 
+def as_format(value: str) -> Format:
+    """The row format a dataset.format other than auto names."""
+    if value not in ("chat", "prompt-completion", "text"):
+        raise ValueError(f"dataset.format {value!r} is not a row format")
+    return value  # type: ignore[return-value]
+
+
 def detect_format(row: dict[str, Any]) -> Format | None:
     if "messages" in row:
         return "chat"
     if "prompt" in row and "completion" in row:
-        return "prompt_completion"
+        return "prompt-completion"
     if "text" in row:
         return "text"
     return None
@@ -105,7 +130,7 @@ def check_row(row: dict[str, Any], fmt: Format) -> str | None:
         if trained == 0:
             return "no assistant message to train on (add an assistant reply)"
         return None
-    if fmt == "prompt_completion":
+    if fmt == "prompt-completion":
         if not isinstance(row["prompt"], str):
             return "'prompt' is not a string"
         if not _nonempty_str(row["completion"]):
@@ -120,7 +145,7 @@ def row_fingerprint(row: dict[str, Any], fmt: Format) -> str:
     """A hash of what the model sees, ignoring whitespace and key order (for duplicates/overlap)."""
     if fmt == "chat":
         content: Any = [(m.get("role"), " ".join(str(m.get("content", "")).split())) for m in row["messages"]]
-    elif fmt == "prompt_completion":
+    elif fmt == "prompt-completion":
         content = [" ".join(row["prompt"].split()), " ".join(row["completion"].split())]
     else:
         content = " ".join(row["text"].split())
@@ -196,7 +221,7 @@ def tokenize_row(row: dict[str, Any], fmt: Format, tokenizer: Any, max_length: i
                 continue
             if any(s <= start < e for s, e in spans):
                 labels[t] = ids[t]
-    elif fmt == "prompt_completion":
+    elif fmt == "prompt-completion":
         prompt_ids = list(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
         completion_ids = list(tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
         completion_ids.append(tokenizer.eos_token_id)
@@ -216,7 +241,7 @@ def generation_prompt(row: dict[str, Any], fmt: Format, tokenizer: Any) -> tuple
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
             return None
         return _render(tokenizer, messages[:-1], generation_prompt=True), str(messages[-1]["content"])
-    if fmt == "prompt_completion":
+    if fmt == "prompt-completion":
         return str(row["prompt"]), str(row["completion"])
     return None
 

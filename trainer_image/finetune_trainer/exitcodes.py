@@ -1,33 +1,47 @@
-"""Exit codes: the contract with the operator's podFailurePolicy (docs/architecture.md)."""
+"""The trainer's errors, each carrying the contract's exit code and failure reason
+(finetune_contract.outcomes): __main__ turns one into the termination summary and the exit code."""
 
 from __future__ import annotations
 
-SUCCESS = 0
-# Permanent: bad dataset, bad config, missing model, access denied. Never retried.
-INVALID_INPUT = 42
-# Transient I/O (S3 unreachable, throttled, 5xx). Retried within the job's retry budget.
-TRANSIENT = 75
-# SIGTERM received and a checkpoint saved: resumed without counting against the retry budget.
-PREEMPTED = 76
+from finetune_contract.outcomes import ExitCode, FailureReason
 
 
 class TrainerError(Exception):
-    exit_code = 1
-    reason = "Error"
+    exit_code: int = 1
+    default_reason: FailureReason = FailureReason.TRAINER_ERROR
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: FailureReason | None = None,
+        file: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason or self.default_reason
+        self.file = file
+        self.line = line
 
 
 class InvalidInputError(TrainerError):
-    """The input cannot work as given; the message says what to change."""
+    """The input cannot work as given; the message says what to change, the reason which input."""
 
-    exit_code = INVALID_INPUT
-    reason = "InvalidInput"
+    exit_code = ExitCode.INVALID_INPUT
+    default_reason = FailureReason.INVALID_SPEC
+
+
+class InvalidModelError(InvalidInputError):
+    """The base model cannot be fetched or loaded as given."""
+
+    default_reason = FailureReason.INVALID_MODEL
 
 
 class TransientIOError(TrainerError):
-    exit_code = TRANSIENT
-    reason = "TransientIO"
+    exit_code = ExitCode.TRANSIENT
+    default_reason = FailureReason.TRANSIENT_ERROR
 
 
 class PreemptedError(TrainerError):
-    exit_code = PREEMPTED
-    reason = "Preempted"
+    exit_code = ExitCode.PREEMPTED
+    default_reason = FailureReason.PREEMPTED

@@ -22,8 +22,8 @@ never the weights. Errors: repository, revision or file not found, gated, 401/40
 (exit 42, naming the repository and what to change); connection errors, timeouts, 408/429/5xx ->
 retried, then TransientIO (exit 75).
 
-This module imports only the standard library at the top: `config.py` (which the operator
-imports) uses `parse_hf_uri`.
+The URI parser is the contract's (`finetune_contract.uris.parse_hf_uri`): the operator checks the same
+syntax without importing this module.
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .exitcodes import InvalidInputError, TransientIOError
+from finetune_contract.outcomes import FailureReason
+from finetune_contract.uris import HfUri, parse_hf_uri
+
+from .exitcodes import InvalidModelError, TransientIOError
 
 if TYPE_CHECKING:
     from .model_loading import LocalModel
@@ -49,18 +50,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEME: Final = "hf://"
 DEFAULT_ENDPOINT: Final = "https://huggingface.co"
-DEFAULT_REVISION: Final = "main"
-# The CRD's pattern (finetune_operator.api.spec.HF_URI), with groups. A name is the Hub's: letters,
-# digits, "-", "_", "."; no "--" or ".." and no "-" or "." at either end. A revision is a branch, tag
-# or commit without "/", or a pull request ref (refs/pr/<N>): the same split as huggingface_hub's own
-# hf:// URIs, so "@main/model.gguf" is revision main, file model.gguf.
-_NAME: Final = r"[A-Za-z0-9](?:[-._]?[A-Za-z0-9_]){0,95}"
-_REVISION: Final = r"refs/pr/[0-9]{1,10}|[-A-Za-z0-9_.]{1,255}"
-# A path in the repository: no empty, "." or hidden segments ("/" is never followed by "/" or ".").
-_FILE: Final = r"[-A-Za-z0-9_](?:[-A-Za-z0-9_.]|/[-A-Za-z0-9_])*\.gguf"
-_HF_URI: Final = re.compile(rf"hf://({_NAME})/({_NAME})(?:@({_REVISION}))?(?:/({_FILE}))?")
 # The files a transformers model needs besides its weights: config, generation config, tokenizer
 # (tokenizer.json, vocab.txt, merges.txt, SentencePiece *.model) and chat template.
 _SMALL_SUFFIXES: Final = (".json", ".txt", ".model", ".jinja")
@@ -68,35 +58,6 @@ _EXTRA_TEMPLATES: Final = "additional_chat_templates/"
 _PICKLE_SUFFIXES: Final = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_SINGLE: Final = "model.safetensors"
 SAFETENSORS_INDEX: Final = "model.safetensors.index.json"
-
-
-@dataclass(frozen=True)
-class HfUri:
-    repo_id: str
-    revision: str | None = None  # None: the default branch, main
-    filename: str | None = None  # one .gguf file in the repository
-
-    @property
-    def ref(self) -> str:
-        return self.revision or DEFAULT_REVISION
-
-    def __str__(self) -> str:
-        rev = f"@{self.revision}" if self.revision else ""
-        file = f"/{self.filename}" if self.filename else ""
-        return f"{SCHEME}{self.repo_id}{rev}{file}"
-
-
-def parse_hf_uri(uri: str) -> HfUri:
-    """`hf://<org>/<name>[@<revision>][/<file>.gguf]` -> HfUri; ValueError saying what is wrong."""
-    m = _HF_URI.fullmatch(uri)
-    if m is None or ".." in uri:
-        raise ValueError(
-            f"baseModel.uri {uri!r} must be hf://<org>/<name>[@<revision>][/<file>.gguf]: names of letters, "
-            "digits, '-', '_' and '.' (no '--', no '-' or '.' at either end), a revision that is a branch, tag "
-            "or commit hash without '/' (or refs/pr/<N>), and after it at most one lowercase .gguf file"
-        )
-    org, name, revision, filename = m.groups()
-    return HfUri(f"{org}/{name}", revision, filename)
 
 
 # --- file selection (pure) -------------------------------------------------------------------------
@@ -112,23 +73,23 @@ def small_files(src: HfUri, names: list[str]) -> list[str]:
         pickles = sorted(n for n in top if n.endswith(_PICKLE_SUFFIXES))
         ggufs = sorted(n for n in names if n.endswith(".gguf"))
         if pickles:
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"baseModel.uri {src}: {where} has only pickle weights ({', '.join(pickles[:3])}), which can run "
                 "code when loaded and are refused; use a revision with .safetensors weights (the Hub's "
                 "conversion bot often offers one as a pull request: @refs/pr/<N>) or convert the model"
             )
         if ggufs:
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"baseModel.uri {src}: {where} has no .safetensors weights, only GGUF files; name one of them: "
                 f"hf://{src.repo_id}@{src.ref}/{ggufs[0]}"
             )
     if "config.json" not in top:
-        raise InvalidInputError(
+        raise InvalidModelError(
             f"baseModel.uri {src}: {where} has no config.json, so it is not a transformers model repository; "
             "choose the repository of the model itself, not of an adapter"
         )
     if not has_weights:
-        raise InvalidInputError(f"baseModel.uri {src}: {where} has no .safetensors weights")
+        raise InvalidModelError(f"baseModel.uri {src}: {where} has no .safetensors weights")
     return sorted(
         n
         for n in names
@@ -143,18 +104,18 @@ def weight_files(src: HfUri, names: list[str], index: dict[str, Any] | None) -> 
     if index is not None:
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise InvalidInputError(f"baseModel.uri {src}: {SAFETENSORS_INDEX} of {where} has no weight_map")
+            raise InvalidModelError(f"baseModel.uri {src}: {SAFETENSORS_INDEX} of {where} has no weight_map")
         shards = sorted({str(v) for v in weight_map.values()})
         missing = [s for s in shards if s not in names]
         if missing or any("/" in s or not s.endswith(".safetensors") for s in shards):
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"baseModel.uri {src}: {SAFETENSORS_INDEX} of {where} lists shards that are not top-level "
                 f".safetensors files of the repository ({', '.join((missing or shards)[:3])})"
             )
         return shards
     if SAFETENSORS_SINGLE in names:
         return [SAFETENSORS_SINGLE]
-    raise InvalidInputError(
+    raise InvalidModelError(
         f"baseModel.uri {src}: {where} has neither {SAFETENSORS_SINGLE} nor {SAFETENSORS_INDEX}, which "
         "transformers needs to load safetensors weights"
     )
@@ -197,8 +158,8 @@ class Hub:
     def _where(self) -> str:
         return f"{self.src.repo_id} on {self.endpoint}"
 
-    def _permanent(self, exc: BaseException) -> str | None:
-        """What the user must change, if exc (or what it wraps) is a permanent error."""
+    def _permanent(self, exc: BaseException) -> tuple[FailureReason, str] | None:
+        """Why and what the user must change, if exc (or what it wraps) is a permanent error."""
         from huggingface_hub import errors
 
         src, where = self.src, self._where()
@@ -209,45 +170,57 @@ class Hub:
         )
         for e in _chain(exc):
             if isinstance(e, errors.GatedRepoError):
-                return (
+                return FailureReason.ACCESS_DENIED, (
                     f"baseModel.uri {src}: access denied: {where} is gated; accept its conditions on the Hub "
                     f"with the account whose token is in baseModel.tokenSecretRef ({token_hint})"
                 )
             if isinstance(e, errors.RepositoryNotFoundError):
-                return (
+                return FailureReason.INVALID_MODEL, (
                     f"baseModel.uri {src}: no repository {where}, or it is private and this pod may not read "
                     f"it: check the name; {token_hint}"
                 )
             if isinstance(e, errors.RevisionNotFoundError):
-                return (
+                return FailureReason.INVALID_MODEL, (
                     f"baseModel.uri {src}: {where} has no revision {src.ref!r}: use an existing branch, tag or "
                     "commit hash"
                 )
             if isinstance(e, errors.RemoteEntryNotFoundError):
-                return f"baseModel.uri {src}: a file is missing from {where} at revision {src.ref}: {_first_line(e)}"
+                return (
+                    FailureReason.INVALID_MODEL,
+                    f"baseModel.uri {src}: a file is missing from {where} at revision {src.ref}: {_first_line(e)}",
+                )
             if isinstance(e, errors.DisabledRepoError):
-                return f"baseModel.uri {src}: {where} is disabled on the Hub"
+                return FailureReason.INVALID_MODEL, f"baseModel.uri {src}: {where} is disabled on the Hub"
             if isinstance(e, errors.HfHubHTTPError) and e.response is not None:
                 status = e.response.status_code
                 if status == 401:
                     given = "rejected the token" if self.token else "requires a token"
-                    return f"baseModel.uri {src}: access denied: {where} {given} (HTTP 401); {token_hint}"
+                    return (
+                        FailureReason.ACCESS_DENIED,
+                        f"baseModel.uri {src}: access denied: {where} {given} (HTTP 401); {token_hint}",
+                    )
                 if status == 403:
-                    return f"baseModel.uri {src}: access denied to {where} (HTTP 403); {token_hint}"
+                    return (
+                        FailureReason.ACCESS_DENIED,
+                        f"baseModel.uri {src}: access denied to {where} (HTTP 403); {token_hint}",
+                    )
                 if 400 <= status < 500 and status not in (408, 429):
-                    return f"baseModel.uri {src}: {where} refused the request: {_first_line(e)}"
+                    return (
+                        FailureReason.INVALID_MODEL,
+                        f"baseModel.uri {src}: {where} refused the request: {_first_line(e)}",
+                    )
                 return None
             if isinstance(e, errors.FileMetadataError):
-                return (
+                return FailureReason.INVALID_MODEL, (
                     f"baseModel.uri {src}: {self.endpoint} did not answer like a Hugging Face Hub (no commit or "
                     f"ETag headers); check the operator's Hub endpoint (HF_ENDPOINT): {_first_line(e)}"
                 )
             if isinstance(e, errors.SafetensorsParsingError | errors.NotASafetensorsRepoError):
-                return f"baseModel.uri {src}: {_first_line(e)}"
+                return FailureReason.INVALID_MODEL, f"baseModel.uri {src}: {_first_line(e)}"
             if isinstance(e, errors.HFValidationError):
-                return f"baseModel.uri {src}: {_first_line(e)}"
+                return FailureReason.INVALID_MODEL, f"baseModel.uri {src}: {_first_line(e)}"
             if isinstance(e, errors.OfflineModeIsEnabled):
-                return (
+                return FailureReason.INVALID_MODEL, (
                     f"baseModel.uri {src}: the Hugging Face Hub is switched off in this pod (HF_HUB_OFFLINE)"
                 )
         return None
@@ -273,7 +246,7 @@ class Hub:
         from huggingface_hub import constants
 
         if _truthy(os.environ.get("HF_HUB_OFFLINE")):
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"baseModel.uri {self.src} needs the Hugging Face Hub, but this pod is offline (HF_HUB_OFFLINE=1)"
             )
         for attempt in range(1, self.attempts + 1):
@@ -283,7 +256,8 @@ class Hub:
             except Exception as exc:
                 permanent = self._permanent(exc)
                 if permanent is not None:
-                    raise InvalidInputError(permanent) from exc
+                    reason, message = permanent
+                    raise InvalidModelError(message, reason=reason) from exc
                 if not self._transient(exc):
                     raise
                 if attempt == self.attempts:
@@ -309,7 +283,7 @@ class Hub:
             f"look up {self.src}", lambda: self.api().model_info(self.src.repo_id, revision=self.src.ref)
         )
         if not info.sha:
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"baseModel.uri {self.src}: {self.endpoint} did not return the commit of revision {self.src.ref}"
             )
         return str(info.sha), [s.rfilename for s in info.siblings or []]
@@ -359,7 +333,7 @@ def fetch_hf_model(uri: str, dest: Path, weights: bool = True) -> LocalModel:
     if src.filename is not None:
         if src.filename not in names:
             ggufs = sorted(n for n in names if n.endswith(".gguf"))
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"baseModel.uri {uri}: {src.repo_id} at revision {src.ref} has no file {src.filename}"
                 + (f"; its GGUF files: {', '.join(ggufs[:5])}" if ggufs else "")
             )
@@ -372,7 +346,7 @@ def fetch_hf_model(uri: str, dest: Path, weights: bool = True) -> LocalModel:
     try:
         index = json.loads(index_path.read_text()) if index_path.is_file() else None
     except ValueError as exc:
-        raise InvalidInputError(f"baseModel.uri {uri}: {SAFETENSORS_INDEX} is not valid JSON: {exc}") from exc
+        raise InvalidModelError(f"baseModel.uri {uri}: {SAFETENSORS_INDEX} is not valid JSON: {exc}") from exc
     shards = weight_files(src, names, index)
     if weights:
         hub.download(commit, shards, dest)
@@ -392,7 +366,7 @@ def _check_config(src: HfUri, dest: Path) -> None:
     try:
         AutoConfig.from_pretrained(str(dest), trust_remote_code=False)
     except Exception as exc:
-        raise InvalidInputError(
+        raise InvalidModelError(
             f"baseModel.uri {src}: its config.json cannot be loaded by transformers without remote code: "
             f"{_first_line(exc)}"
         ) from exc

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import BaseModelSpec
-from .exitcodes import InvalidInputError, TransientIOError
-from .s3io import S3, S3Uri
+from finetune_contract.config import TrainerBaseModel
+from finetune_contract.uris import S3Uri
+
+from .exitcodes import InvalidInputError, InvalidModelError, TransientIOError
+from .s3io import S3
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class LocalModel:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
-def fetch_model(s3: S3, source: BaseModelSpec, dest: Path, weights: bool = True) -> LocalModel:
+def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = True) -> LocalModel:
     """Download the model (config + safetensors + tokenizer, or one .gguf) into dest.
 
     With weights=False (validate-only, on a small CPU pod) the safetensors shards are not
@@ -59,14 +61,14 @@ def fetch_model(s3: S3, source: BaseModelSpec, dest: Path, weights: bool = True)
     prefix = S3Uri(src.bucket, src.key if src.key.endswith("/") or not src.key else src.key + "/")
     keys = [k for k in s3.list_keys(prefix) if not k.endswith("/")]
     if not keys:
-        raise InvalidInputError(f"baseModel.uri {uri} is empty: upload a Hugging Face model directory there")
+        raise InvalidModelError(f"baseModel.uri {uri} is empty: upload a Hugging Face model directory there")
     names = {k[len(prefix.key) :] for k in keys}
     if "config.json" not in names:
-        raise InvalidInputError(
+        raise InvalidModelError(
             f"baseModel.uri {uri} has no config.json: it must be a Hugging Face model directory"
         )
     if not any(n.endswith(".safetensors") for n in names):
-        raise InvalidInputError(
+        raise InvalidModelError(
             f"baseModel.uri {uri} has no .safetensors weights (pickle .bin weights are refused for safety); "
             "convert the model to safetensors"
         )
@@ -93,33 +95,33 @@ def local_model(path: Path, uri: str) -> LocalModel:
     try:
         if path.is_file():
             if not path.name.lower().endswith(".gguf"):
-                raise InvalidInputError(
+                raise InvalidModelError(
                     f"{where} is a file but not a .gguf file: point baseModel.uri at a Hugging Face "
                     "model directory or at one .gguf file"
                 )
             _check_local_header(path, where)
             return LocalModel(path.parent, path.name)
         if not path.is_dir():
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"{where} does not exist: check the claim's contents and the path after the claim's name"
             )
         files = {p.name: p for p in path.iterdir() if p.is_file()}
         if "config.json" not in files:
             ggufs = sorted(n for n in files if n.lower().endswith(".gguf"))
             hint = f"; it holds {ggufs[0]}: point baseModel.uri at that file" if ggufs else ""
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"{where} has no config.json: it must be a Hugging Face model directory or one .gguf file{hint}"
             )
         weights = sorted(n for n in files if n.endswith(".safetensors"))
         if not weights:
-            raise InvalidInputError(
+            raise InvalidModelError(
                 f"{where} has no .safetensors weights (pickle .bin weights are refused for safety); "
                 "convert the model to safetensors"
             )
         for name in weights:
             _check_local_header(files[name], f"{where}: {name}")
     except PermissionError as exc:
-        raise InvalidInputError(
+        raise InvalidModelError(
             f"{where} is not readable ({exc.strerror}: {exc.filename}): the trainer runs as uid 1000, "
             "make the files readable to it"
         ) from exc
@@ -135,7 +137,7 @@ def _check_local_header(path: Path, where: str) -> None:
     with path.open("rb") as handle:
         if path.name.lower().endswith(".gguf"):
             if handle.read(4) != b"GGUF":
-                raise InvalidInputError(f"{where} is not a GGUF file (no GGUF magic number)")
+                raise InvalidModelError(f"{where} is not a GGUF file (no GGUF magic number)")
             return
 
         def read(first: int, last: int) -> bytes:
@@ -155,13 +157,13 @@ def _check_safetensors_bytes(read: Callable[[int, int], bytes], where: str) -> N
     head = read(0, 7)
     size = int.from_bytes(head, "little") if len(head) == 8 else -1
     if size <= 0 or size > 100 * 1024 * 1024:
-        raise InvalidInputError(f"{where} is not a safetensors file (bad header length)")
+        raise InvalidModelError(f"{where} is not a safetensors file (bad header length)")
     try:
         header = json.loads(read(8, 8 + size - 1))
     except ValueError as exc:
-        raise InvalidInputError(f"{where} is not a safetensors file (header is not JSON)") from exc
+        raise InvalidModelError(f"{where} is not a safetensors file (header is not JSON)") from exc
     if not isinstance(header, dict):
-        raise InvalidInputError(f"{where} is not a safetensors file (header is not an object)")
+        raise InvalidModelError(f"{where} is not a safetensors file (header is not an object)")
 
 
 def load_tokenizer(model: LocalModel) -> Any:
@@ -170,7 +172,7 @@ def load_tokenizer(model: LocalModel) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(model.directory), trust_remote_code=False, **model.kwargs)
     except Exception as exc:
-        raise InvalidInputError(f"cannot load the tokenizer of the base model: {exc}") from exc
+        raise InvalidModelError(f"cannot load the tokenizer of the base model: {exc}") from exc
     if tok.pad_token_id is None:
         # Padding only happens for generation/eval batches; eos is the usual stand-in.
         tok.pad_token = tok.eos_token
@@ -185,7 +187,7 @@ def check_loadable(model: LocalModel) -> dict[str, Any]:
         try:
             reader = GGUFReader(str(model.directory / model.gguf_file))
         except Exception as exc:
-            raise InvalidInputError(f"{model.gguf_file} is not a readable GGUF file: {exc}") from exc
+            raise InvalidModelError(f"{model.gguf_file} is not a readable GGUF file: {exc}") from exc
         arch = reader.fields.get("general.architecture")
         architecture = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else "unknown"
         return {"format": "gguf", "architecture": architecture, "tensors": len(reader.tensors)}
@@ -199,7 +201,7 @@ def check_loadable(model: LocalModel) -> dict[str, Any]:
             with safe_open(str(path), framework="np") as handle:
                 tensors += len(list(handle.keys()))
         except Exception as exc:
-            raise InvalidInputError(f"{path.name} is not a readable safetensors file: {exc}") from exc
+            raise InvalidModelError(f"{path.name} is not a readable safetensors file: {exc}") from exc
     return {
         "format": "hf",
         "architecture": (config.get("architectures") or ["unknown"])[0],
@@ -219,11 +221,11 @@ def load_model(model: LocalModel, method: str, device: str) -> Any:
         kwargs["dtype"] = torch.float32
     if method == "qlora":
         if device != "cuda":
-            raise InvalidInputError(
+            raise InvalidModelError(
                 "method.type 'qlora' needs a CUDA GPU (bitsandbytes 4-bit); use 'lora' to train on CPU"
             )
         if model.gguf_file:
-            raise InvalidInputError("QLoRA needs a Hugging Face safetensors model, not a GGUF file")
+            raise InvalidModelError("QLoRA needs a Hugging Face safetensors model, not a GGUF file")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
@@ -237,7 +239,7 @@ def load_model(model: LocalModel, method: str, device: str) -> Any:
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(model.directory), **kwargs)
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot load the base model: {exc}") from exc
+        raise InvalidModelError(f"cannot load the base model: {exc}") from exc
     if model.gguf_file:
         lm = _as_plain_model(lm)
     if device == "cuda" and method != "qlora":
@@ -253,7 +255,7 @@ def _as_plain_model(lm: Any) -> Any:
     float tensor the quantizer describes nothing, so it is dropped (checked, not assumed).
     """
     if not all(p.is_floating_point() for p in lm.parameters()):
-        raise InvalidInputError(
+        raise InvalidModelError(
             "this GGUF file loads as packed quantized blocks that cannot be trained; "
             "use the model in Hugging Face safetensors format"
         )

@@ -7,14 +7,16 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import TrainerConfig
-from .s3io import S3, S3Uri
+from finetune_contract.config import TrainerConfig
+from finetune_contract.outcomes import Failed, Succeeded, Validated, render_summary
+from finetune_contract.uris import S3Uri
+
+if TYPE_CHECKING:
+    from .s3io import S3
 
 log = logging.getLogger(__name__)
-
-TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 
 def sha256_file(path: Path) -> str:
@@ -53,7 +55,7 @@ tags: [finetune-operator, {cfg.method.type}]
 Fine-tuned with finetune-operator ({cfg.method.type}) from `{base}`.
 
 - Dataset: `{cfg.dataset.train}` (sha256 of the rows used: `{dataset_sha256}`)
-- Validation: `{cfg.dataset.validation or f"{cfg.dataset.validation_split:g} of train"}`
+- Validation: `{cfg.dataset.validation or f"{cfg.dataset.effective_validation_split:g} of train"}`
 - Weights: `{weight_file}`
 
 ## Method
@@ -108,16 +110,9 @@ def save_adapter(
     return weights, sha256_file(weights)
 
 
-def write_termination_message(summary: dict[str, Any]) -> str:
-    """Write the summary (< 4 KiB) where Kubernetes reads the termination message."""
-    text = json.dumps(summary, separators=(",", ":"), default=str)
-    if len(text.encode()) > TERMINATION_LIMIT:
-        keep: dict[str, Any] = {
-            k: summary[k] for k in ("result", "reason", "message", "exitCode", "step") if k in summary
-        }
-        keep["message"] = str(keep.get("message", ""))[:2000]
-        keep["truncated"] = True
-        text = json.dumps(keep, separators=(",", ":"), default=str)
+def write_termination_message(summary: Validated | Succeeded | Failed) -> str:
+    """Write the typed summary (< 4 KiB) where Kubernetes reads the termination message."""
+    text = render_summary(summary)
     path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
     try:
         Path(path).write_text(text)

@@ -1,7 +1,8 @@
 """S3 I/O: boto3's transfer manager plus retries, with errors mapped to exit codes.
 
 Permanent errors (access denied, no such bucket/key, bad credentials) become
-`InvalidInputError` (exit 42, never retried); everything else that looks like the network or
+`InvalidInputError` (exit 42, never retried; reason AccessDenied when the credentials or the policy
+refuse, else decided by the caller, which knows whether it read the dataset, the model or the output); everything else that looks like the network or
 the store having a bad moment is retried here with backoff and, if it persists, becomes
 `TransientIOError` (exit 75, the Job is retried and resumes from its last checkpoint).
 """
@@ -13,7 +14,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
+from finetune_contract.outcomes import FailureReason
+from finetune_contract.uris import S3Uri
 
 from .exitcodes import InvalidInputError, TransientIOError
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The credentials or the bucket policy refuse: the user fixes the Secret or the policy, not the data.
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
 _PERMANENT_CODES = {
     "AccessDenied",
     "AllAccessDisabled",
@@ -49,31 +53,6 @@ TRANSFER = TransferConfig(
     max_concurrency=8,
     use_threads=True,
 )
-
-
-@dataclass(frozen=True)
-class S3Uri:
-    bucket: str
-    key: str
-
-    @classmethod
-    def parse(cls, uri: str) -> S3Uri:
-        if not uri.startswith("s3://"):
-            raise InvalidInputError(f"{uri!r} is not an s3:// URI")
-        rest = uri[len("s3://") :]
-        bucket, _, key = rest.partition("/")
-        if not bucket:
-            raise InvalidInputError(f"{uri!r} has no bucket name")
-        return cls(bucket, key)
-
-    def join(self, *parts: str) -> S3Uri:
-        key = self.key
-        for part in parts:
-            key = (key.rstrip("/") + "/" + part.lstrip("/")) if key else part.lstrip("/")
-        return S3Uri(self.bucket, key)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
 
 
 _RETRYABLE = (
@@ -127,7 +106,8 @@ class S3:
                 return fn()
             except Exception as exc:
                 if _is_permanent(exc):
-                    raise InvalidInputError(f"{what}: {_describe(exc)}") from exc
+                    reason = FailureReason.ACCESS_DENIED if _error_code(exc) in _DENIED_CODES else None
+                    raise InvalidInputError(f"{what}: {_describe(exc)}", reason=reason) from exc
                 if not isinstance(exc, _RETRYABLE):
                     raise
                 if attempt == self.attempts:
@@ -239,6 +219,15 @@ def _walk(root: Path) -> Iterator[Path]:
     for path in root.rglob("*"):
         if path.is_file():
             yield path
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "AccessDenied"
+    text = str(exc)
+    return next((code for code in _DENIED_CODES if not code.isdigit() and code in text), "")
 
 
 def _describe(exc: BaseException) -> str:

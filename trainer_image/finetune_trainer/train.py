@@ -18,6 +18,9 @@ from types import FrameType
 from typing import Any
 
 import torch
+from finetune_contract.config import TrainerConfig
+from finetune_contract.outcomes import CheckpointRef, Succeeded
+from finetune_contract.uris import S3Uri
 from transformers import (
     PrinterCallback,
     Trainer,
@@ -30,12 +33,11 @@ from transformers import (
 
 from . import evaluate, outputs
 from .checkpoints import CheckpointStore
-from .config import TrainerConfig
 from .exitcodes import InvalidInputError, PreemptedError
 from .metrics_server import TrainerMetrics
 from .model_loading import load_model
 from .packing import PackingCollator, PaddingCollator, TokenCounter
-from .s3io import S3, S3Uri
+from .s3io import S3
 from .validate import Prepared
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ def apply_method(model: Any, cfg: TrainerConfig) -> Any:
 
     if cfg.method.type == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)  # type: ignore[no-untyped-call]
-    lora = cfg.method.lora
+    lora = cfg.method.effective_lora
+    assert lora is not None  # lora and qlora always have LoRA settings
     targets: str | list[str] = (
         "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
     )
@@ -146,6 +149,8 @@ class ContractCallback(TrainerCallback):
         self.counter = counter
         self._token_base = 0
         self._counted = 0
+        # What is under checkpoints/ in S3 (reported on /metrics, and in the final summary).
+        self.checkpoints: list[CheckpointRef] = []
 
     def on_train_begin(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self.metrics.total_steps.set(state.max_steps)
@@ -210,6 +215,8 @@ class ContractCallback(TrainerCallback):
             self.metrics.train_loss.set(float(logs["loss"]))
         if "eval_loss" in logs:
             self.metrics.eval_loss.set(float(logs["eval_loss"]))
+        if "learning_rate" in logs:
+            self.metrics.learning_rate.set(float(logs["learning_rate"]))
         log.info("%s", json.dumps(entry))
 
     def _observe_eval(self, loss: float) -> None:
@@ -230,7 +237,7 @@ class ContractCallback(TrainerCallback):
         if not metrics or "eval_loss" not in metrics:
             return
         self._observe_eval(float(metrics["eval_loss"]))
-        patience = self.cfg.hyperparameters.early_stopping.patience
+        patience = self.cfg.hyperparameters.patience
         if patience and self.bad_evals >= patience:
             log.info("early stopping: validation loss has not improved for %d evaluations", self.bad_evals)
             self.early_stopped = True
@@ -239,7 +246,11 @@ class ContractCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        uploading = CheckpointRef(step=state.global_step, complete=False)
+        self.metrics.report_checkpoints([*self.checkpoints, uploading])
         self.store.upload(local, state.global_step)
+        self.checkpoints = self.store.refs()
+        self.metrics.report_checkpoints(self.checkpoints)
         # The whole history (restored on resume), not just this pod's part.
         train_log = "\n".join(json.dumps(e, default=str) for e in state.log_history).encode()
         self.s3.put_bytes(S3Uri.parse(self.cfg.output_prefix).join("reports/train_log.jsonl"), train_log)
@@ -269,7 +280,7 @@ def training_arguments(cfg: TrainerConfig, scratch: Path, device: str, n_train: 
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
-        lr_scheduler_type=hp.lr_scheduler,
+        lr_scheduler_type=hp.lr_scheduler.transformers_name,
         warmup_steps=math.ceil(hp.warmup_ratio * total),
         weight_decay=hp.weight_decay,
         max_grad_norm=hp.max_grad_norm,
@@ -318,6 +329,8 @@ def run_training(
     resume = store.download_latest(scratch / "resume")
     if resume:
         log.info("resuming from checkpoint step %d", resume[0])
+    found = store.refs()
+    metrics.report_checkpoints(found)
 
     base_full: dict[str, Any] | None = None
     if cfg.method.type == "full":
@@ -348,6 +361,7 @@ def run_training(
         layers=layers,
         counter=counter,
     )
+    callback.checkpoints = found
     trainer = Trainer(
         model=model,
         args=args,
@@ -373,6 +387,8 @@ def run_training(
         "trainLoss": round(float(train_losses[-1]), 4) if train_losses else None,
         "evalLoss": eval_report["validation"].get("tunedLoss"),
         "baseEvalLoss": eval_report["validation"].get("baseLoss"),
+        "evalPerplexity": _perplexity(eval_report["validation"].get("tunedLoss")),
+        "baseEvalPerplexity": _perplexity(eval_report["validation"].get("baseLoss")),
         "exactMatch": _em(eval_report, "tuned"),
         "baseExactMatch": _em(eval_report, "base"),
         "tokensPerSecond": round(float(result.metrics.get("train_tokens_per_second", 0.0) or 0.0), 1)
@@ -388,7 +404,13 @@ def run_training(
         "resumedFromStep": resume[0] if resume else None,
         "trainSeconds": round(train_seconds, 1),
         "log": log_sink,
+        "checkpoints": callback.checkpoints,
     }
+
+
+def _perplexity(loss: float | None) -> float | None:
+    # exp of a mean token cross-entropy; capped so a diverged run still reports a finite number.
+    return None if loss is None else round(math.exp(min(float(loss), 50.0)), 4)
 
 
 def _em(report: dict[str, Any], which: str) -> float | None:
@@ -481,9 +503,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def publish(
-    cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: dict[str, Any]
-) -> dict[str, Any]:
+def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: dict[str, Any]) -> Succeeded:
     """Upload adapter (or model), sha256, eval.json and result.json; return the summary."""
     folder = "model" if cfg.method.type == "full" else "adapter"
     local = scratch / "output" / folder
@@ -502,21 +522,23 @@ def publish(
     train_log = "\n".join(json.dumps(e, default=str) for e in run["state"].log_history).encode()
     s3.put_bytes(out.join("reports/train_log.jsonl"), train_log, "application/x-ndjson")
     state = run["state"]
-    summary = {
-        "result": "Succeeded",
-        "step": state.global_step,
-        "totalSteps": state.max_steps,
-        "epoch": round(state.epoch or 0.0, 3),
-        **run["metrics"],
-        "earlyStopped": run["earlyStopped"],
-        "resumedFromStep": run["resumedFromStep"],
-        "trainSeconds": run["trainSeconds"],
-        "adapterURI": str(out.join(folder + "/")),
-        "sha256": digest,
-        "reportURI": str(out.join("reports/result.json")),
-    }
+    summary = Succeeded.model_validate(
+        {
+            "step": state.global_step,
+            "totalSteps": state.max_steps,
+            "epoch": round(state.epoch or 0.0, 3),
+            **run["metrics"],
+            "earlyStopped": run["earlyStopped"],
+            "resumedFromStep": run["resumedFromStep"],
+            "trainSeconds": run["trainSeconds"],
+            "adapterURI": str(out.join(folder + "/")),
+            "sha256": digest,
+            "reportURI": str(out.join("reports/result.json")),
+            "checkpoints": run["checkpoints"],
+        }
+    )
     result = {
-        **summary,
+        **summary.model_dump(mode="json", by_alias=True, exclude_none=True),
         "job": cfg.job.model_dump(by_alias=True),
         "method": cfg.method.model_dump(by_alias=True, mode="json"),
         "hyperparameters": cfg.hyperparameters.model_dump(by_alias=True, mode="json"),

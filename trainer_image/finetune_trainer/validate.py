@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_contract.config import TrainerConfig
+from finetune_contract.outcomes import FailureReason, TokenStats, Validated
+from finetune_contract.spec import DatasetFormat
+from finetune_contract.uris import S3Uri
+
 from . import data
-from .config import TrainerConfig
 from .exitcodes import InvalidInputError
 from .model_loading import LocalModel, check_loadable, fetch_model, load_tokenizer
-from .s3io import S3, S3Uri
+from .s3io import S3
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,26 @@ class Report:
             **self.info,
         }
 
+    def failure(self) -> InvalidInputError:
+        """The error the run ends with: the first problem's reason, file and line, and the summary."""
+        first = self.errors[0]
+        return InvalidInputError(
+            self.summary(), reason=first.failure_reason, file=first.file, line=first.line
+        )
+
+    def validated(self) -> Validated:
+        """The summary of a passed validation (the operator's estimate reads `tokens`)."""
+        stats = TokenStats.model_validate((self.info.get("tokens") or {}).get("train") or {})
+        validation = (self.info.get("tokens") or {}).get("validation") or {}
+        return Validated(
+            message=self.summary(),
+            rows=stats.rows,
+            validation_rows=int(validation.get("rows", 0)),
+            tokens=stats.total_tokens,
+            train=stats,
+            warnings=len(self.warnings),
+        )
+
     def summary(self) -> str:
         if self.valid:
             return "dataset, base model and output location are valid"
@@ -97,7 +121,7 @@ def _load_file(s3: S3, uri: str, name: str, report: Report) -> data.ParsedFile:
         raw = s3.get_bytes(S3Uri.parse(uri))
     except InvalidInputError as exc:
         # A missing file or bucket belongs in the report, next to every other problem.
-        report.errors.append(data.Issue(name, None, f"cannot read {uri}: {exc}"))
+        report.errors.append(data.Issue(name, None, f"cannot read {uri}: {exc}", reason=_denied(exc)))
         return data.ParsedFile(name)
     try:
         text = raw.decode("utf-8")
@@ -109,6 +133,11 @@ def _load_file(s3: S3, uri: str, name: str, report: Report) -> data.ParsedFile:
     parsed = data.parse_jsonl(text, name)
     report.errors.extend(parsed.errors)
     return parsed
+
+
+def _denied(exc: InvalidInputError) -> FailureReason | None:
+    """AccessDenied says more than the input's own reason; anything else is the input's fault."""
+    return exc.reason if exc.reason is FailureReason.ACCESS_DENIED else None
 
 
 def _check_rows(parsed: data.ParsedFile, fmt: data.Format, report: Report) -> list[data.Row]:
@@ -194,7 +223,9 @@ def check_output_writable(s3: S3, cfg: TrainerConfig, report: Report) -> None:
         report.info["output"] = {"uri": cfg.output.uri, "writable": True}
     except InvalidInputError as exc:
         report.info["output"] = {"uri": cfg.output.uri, "writable": False}
-        report.errors.append(data.Issue("output", None, f"output.uri is not writable: {exc}"))
+        report.errors.append(
+            data.Issue("output", None, f"output.uri is not writable: {exc}", reason=_denied(exc))
+        )
 
 
 def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> tuple[Report, Prepared | None]:
@@ -212,7 +243,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     except InvalidInputError as exc:
         # Keep going: the dataset checks below still tell the user everything else to fix.
         report.info["baseModel"] = {"uri": cfg.base_model.uri, "loadable": False}
-        report.errors.append(data.Issue("baseModel", None, str(exc)))
+        report.errors.append(data.Issue("baseModel", None, str(exc), reason=_denied(exc)))
 
     train_file = _load_file(s3, cfg.dataset.train, "train", report)
     val_file = (
@@ -220,8 +251,8 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     )
     first = next((r for r in train_file.rows if data.detect_format(r.data)), None)
     fmt: data.Format | None = (
-        cfg.dataset.format
-        if cfg.dataset.format != "auto"
+        data.as_format(cfg.dataset.format)
+        if cfg.dataset.format is not DatasetFormat.AUTO
         else (data.detect_format(first.data) if first else None)
     )
     report.info["format"] = fmt
@@ -252,7 +283,9 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
             )
         report.info["overlap"] = len(overlap)
     else:
-        train_rows, val_rows = split_validation(train_rows, cfg.dataset.validation_split, hp.seed)
+        train_rows, val_rows = split_validation(
+            train_rows, cfg.dataset.effective_validation_split or 0.0, hp.seed
+        )
         report.info["overlap"] = 0
     if not train_rows:
         report.errors.append(data.Issue("train", None, "no valid training rows"))
@@ -274,7 +307,11 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
         "validation": (
             {"uri": cfg.dataset.validation, "rows": len(val_file.rows), "blankLines": val_file.blank_lines}
             if val_file
-            else {"splitFrom": "train", "fraction": cfg.dataset.validation_split, "rows": len(val_rows)}
+            else {
+                "splitFrom": "train",
+                "fraction": cfg.dataset.effective_validation_split,
+                "rows": len(val_rows),
+            }
         ),
     }
     report.info["tokens"] = {
@@ -284,8 +321,8 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     }
 
     eval_rows: list[data.Row] = []
-    if cfg.eval.dataset:
-        eval_file = _load_file(s3, cfg.eval.dataset, "eval", report)
+    if cfg.dataset.test:
+        eval_file = _load_file(s3, cfg.dataset.test, "test", report)
         eval_rows = _check_rows(eval_file, fmt, report)
 
     if not report.valid:

@@ -32,7 +32,8 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    """Reasons, shared across condition types (Kubernetes reasons are one CamelCase word)."""
+    """Reasons, shared across condition types (Kubernetes reasons are one CamelCase word). Every
+    finetune_contract.outcomes.FailureReason is one of them: the trainer's reason is shown as it is."""
 
     # progress
     PENDING = "Pending"
@@ -49,6 +50,7 @@ class Reason(StrEnum):
     WITHIN_BUDGET = "WithinBudget"
     # input problems (permanent: never retried, no GPU held)
     INVALID_SPEC = "InvalidSpec"
+    INVALID_CONFIG = "InvalidConfig"
     INVALID_DATASET = "InvalidDataset"
     INVALID_MODEL = "InvalidModel"
     INVALID_OUTPUT = "InvalidOutput"

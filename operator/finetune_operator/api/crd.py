@@ -201,9 +201,13 @@ def type_schema(annotation: Any, metadata: list[Any], *, with_defaults: bool) ->
             if item.pattern is not None:
                 schema["pattern"] = str(item.pattern)
         elif isinstance(item, annotated_types.MinLen):
-            schema[{"array": "minItems", "object": "minProperties"}.get(str(kind), "minLength")] = item.min_length
+            schema[{"array": "minItems", "object": "minProperties"}.get(str(kind), "minLength")] = (
+                item.min_length
+            )
         elif isinstance(item, annotated_types.MaxLen):
-            schema[{"array": "maxItems", "object": "maxProperties"}.get(str(kind), "maxLength")] = item.max_length
+            schema[{"array": "maxItems", "object": "maxProperties"}.get(str(kind), "maxLength")] = (
+                item.max_length
+            )
         elif isinstance(item, annotated_types.Ge) and kind == "integer":
             schema["minimum"] = item.ge
         elif isinstance(item, annotated_types.Le) and kind == "integer":

@@ -51,7 +51,9 @@ _Dumper.add_representer(str, _str)
 
 
 def render_crd() -> str:
-    body = yaml.dump(custom_resource_definition(), Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True)
+    body = yaml.dump(
+        custom_resource_definition(), Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True
+    )
     return HEADER + body
 
 
@@ -153,7 +155,11 @@ def render_files(root: Path) -> dict[Path, str]:
 
 
 def stale(root: Path) -> list[Path]:
-    return [p for p, text in render_files(root).items() if not (root / p).exists() or (root / p).read_text() != text]
+    return [
+        p
+        for p, text in render_files(root).items()
+        if not (root / p).exists() or (root / p).read_text() != text
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,14 @@ from finetune_contract.wire import (
     WireModel,
     immutable,
 )
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "DECIMAL_STRING_PATTERN",
@@ -330,9 +337,9 @@ class Resources(WireModel):
     ] = Field(default_factory=dict)
     """Extra node labels the trainer pods must match, e.g. pool=gpu; merged with the gpuType selector
     (set the GPU model with gpuType, not with nvidia.com/gpu.product here)."""
-    tolerations: Annotated[list[Toleration], Field(max_length=16), Crd(x__kubernetes__list__type="atomic")] = (
-        Field(default_factory=list)
-    )
+    tolerations: Annotated[
+        list[Toleration], Field(max_length=16), Crd(x__kubernetes__list__type="atomic")
+    ] = Field(default_factory=list)
     """Tolerations added to the trainer pods, e.g. for tainted GPU nodes (core/v1 Toleration)."""
     priority_class_name: Annotated[
         str,

@@ -12,10 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
+from finetune_contract.wire import Crd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
-
-from finetune_contract.wire import Crd
 
 Short = Annotated[str, StringConstraints(max_length=32)]
 Uri = Annotated[str, StringConstraints(max_length=1100)]
