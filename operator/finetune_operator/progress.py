@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from .api import Checkpoint, Metrics, Progress, format_eta
 
 # The ETA's step rate is an exponentially weighted average with this time constant: a new measurement
-# counts for 1 - exp(-dt / tau), so the rate follows a real change within a few minutes while one slow
+# counts for 1 - exp(-dt / tau), so the rate follows a real change within some minutes while one slow
 # interval (an evaluation, a checkpoint upload, a scrape that saw a burst of steps) barely moves it.
-RATE_TAU_SECONDS: Final = 60.0
+RATE_TAU_SECONDS: Final = 300.0
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from finetune_contract.outcomes import Succeeded, Validated
+from finetune_contract.outcomes import CheckpointRef, Failed, Succeeded, Validated
 
 from . import manifests, names
 from .api import (
@@ -383,6 +383,10 @@ def _train(
         return
     current = jobs[attempt]
     pods = [p for p in obs.trainer_pods if attempt_of(p) == attempt]
+    reported = _reported_checkpoints(pods)
+    if reported:
+        # A preempted or finished trainer's last word on what is in S3 (a running one's comes by scrape).
+        b.st.checkpoints = checkpoint_status(spec.output.prefix, reported)
     annotations = (current.get("metadata") or {}).get("annotations") or {}
     raw_used = str(annotations.get(manifests.ANNOTATION_RETRIES_USED, "0"))
     retries_used = int(raw_used) if raw_used.isdigit() else 0
@@ -416,6 +420,20 @@ def _train(
         b.fail(reason, text, attempt=attempt)
         return
     _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods, namespace=job.ref.namespace)
+
+
+def _reported_checkpoints(pods: Sequence[JSON]) -> list[CheckpointRef]:
+    """The checkpoints in the summary of the attempt's pod that saw the most (its last one)."""
+    best: list[CheckpointRef] = []
+    for pod in pods:
+        summary = termination_summary(pod)
+        if (
+            isinstance(summary, Succeeded | Failed)
+            and summary.checkpoints
+            and (not best or max(c.step for c in summary.checkpoints) > max(c.step for c in best))
+        ):
+            best = list(summary.checkpoints)
+    return best
 
 
 def _budget(b: _Builder, spec: FineTuneJobSpec) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -14,6 +15,8 @@ from . import metrics
 from .kube import Kube, load_api_client
 from .service import Context, Prices, Triggers
 from .settings import ANNOTATION_PREFIX, FINALIZER, OperatorSettings
+
+REPORTING_COMPONENT = "finetune-operator"
 
 
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -46,6 +49,11 @@ async def configure(
     )
     # Kopf posts events for every handler outcome at INFO; ours are posted explicitly.
     settings.posting.level = logging.WARNING
+    # `kubectl describe` shows "From: finetune-operator" (Kopf would say "kopf"); the instance is the
+    # replica, so a user can tell which one acted.
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    settings.posting.event_name_prefix = f"{REPORTING_COMPONENT}-"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60

@@ -132,6 +132,14 @@ def test_happy_path(env: dict[str, str], s3_env: dict[str, str], operator: ops.O
     assert reasons[0] == "Validating"
     assert reasons[-1] == "Succeeded"
     assert "Running" in reasons
+    # `kubectl describe` says who reported them
+    assert {e.get("reportingComponent") or e["source"]["component"] for e in events(ns, "happy")} == {
+        "finetune-operator"
+    }
+    # the stub reports checkpoints like the trainer (everySteps 3 of 10 steps, keep 3 of them)
+    assert [c["step"] for c in st["checkpoints"]] == [3, 6, 9]
+    assert all(c["complete"] and c["createdAt"] for c in st["checkpoints"])
+    assert st["checkpoints"][0]["uri"].endswith("/out/happy/checkpoints/step-3/")
     # the adapter is in S3
     s3 = ops.s3_client(s3_env)
     assert s3.head_object(Bucket=env["bucket"], Key="out/happy/adapter/adapter_model.safetensors")

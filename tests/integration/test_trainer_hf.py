@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from finetune_contract.outcomes import parse_summary
 from finetune_operator.failures import classify_exit
 from finetune_trainer.tiny_model import smollm2_gguf
 
@@ -227,13 +228,15 @@ def test_hub_problems_are_permanent_and_say_what_to_do(
     run = case.validate(uri, **env)
 
     assert run.returncode == 42, run.termination
-    assert run.termination["reason"] == "InvalidInput"
+    # The trainer states the reason itself (typed); the operator copies it.
+    assert run.termination["reason"] == reason
+    assert run.termination["file"] == "baseModel"
     message = run.termination["message"]
     assert message.startswith(f"invalid input: baseModel: baseModel.uri {uri}: "), message
     assert needle.format(url=hub.url) in message
     assert "hf_wrong" not in message
     # What the operator makes of it: a permanent failure with the reason a user can act on.
-    failure = classify_exit(42, run.termination)
+    failure = classify_exit(42, parse_summary(json.dumps(run.termination)))
     assert (failure.permanent, failure.reason) == (True, reason)
     assert case.report()["baseModel"] == {"uri": uri, "loadable": False}
     # Refused before any weights moved.
@@ -269,7 +272,7 @@ def test_unreachable_hub_is_transient(case: Case) -> None:
     run = case.validate("hf://org/tiny", HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
 
     assert run.returncode == 75, run.termination
-    assert run.termination["reason"] == "TransientIO"
+    assert run.termination["reason"] == "TransientError"
     assert "http://127.0.0.1:9" in run.termination["message"]
 
 

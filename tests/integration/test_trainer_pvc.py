@@ -130,7 +130,7 @@ def test_validate_names_the_path_when_it_is_not_a_model(
     config = write_config(tmp_path / "config.json", pvc_config(s3_bucket, uri, mount, train, "bad"))
     run = run_in_process("validate", config, s3_env, tmp_path / "scratch", monkeypatch)
     assert run.returncode == 42
-    assert run.termination["reason"] == "InvalidInput"
+    assert run.termination["reason"] == "InvalidModel"
     path = str(mount / uri.removeprefix("pvc://models/"))
     assert path in run.termination["message"]
     assert needle in run.termination["message"]

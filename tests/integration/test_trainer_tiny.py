@@ -192,12 +192,13 @@ def test_bad_datasets_fail_validation_with_report(
     train_uri = put_jsonl(client, bucket, "data/train.jsonl", train)
     val_uri = put_jsonl(client, bucket, "data/val.jsonl", validation) if validation else None
     config = base_config(bucket, tiny["model"], train_uri, val_uri, "bad")
-    config["dataset"]["validationSplit"] = "0"  # keep every row in train, where the case expects it
     run = run_in_process(
         "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch", monkeypatch
     )
     assert run.returncode == 42, run.stderr[-3000:]
-    assert run.termination["reason"] == "InvalidInput"
+    # The typed reason and, for a bad row, where it is: what the operator copies into the condition.
+    assert run.termination["reason"] == "InvalidDataset"
+    assert (run.termination.get("file"), run.termination.get("line")) == (file, line)
     report = get_json(client, bucket, "bad/reports/validation.json")
     assert report["valid"] is False
     assert any(
@@ -216,6 +217,7 @@ def test_missing_model_is_permanent(
         "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch", monkeypatch
     )
     assert run.returncode == 42
+    assert run.termination["reason"] == "InvalidModel"  # the first problem found
     report = get_json(client, bucket, "x/reports/validation.json")
     assert report["baseModel"]["loadable"] is False
     assert any("is empty" in e["message"] for e in report["errors"])
@@ -233,7 +235,7 @@ def test_wrong_credentials_are_permanent(
         "validate", write_config(tmp_path / "config.json", config), env, tmp_path / "scratch", monkeypatch
     )
     assert run.returncode == 42
-    assert run.termination["reason"] == "InvalidInput"
+    assert run.termination["reason"] == "AccessDenied"
     # The report could not be uploaded with these keys; the local copy says why.
     report = json.loads((tmp_path / "scratch" / "reports" / "validation.json").read_text())
     assert report["output"]["writable"] is False

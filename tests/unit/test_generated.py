@@ -43,3 +43,12 @@ def test_api_doc_tables_follow_a_changed_description() -> None:
     assert "| `limit` | integer (0-20) | `3` |" in out
     assert out.startswith("x\n")
     assert out.endswith("<!-- end generated -->\ny\n")
+
+
+def test_number_like_strings_are_quoted_for_yaml_1_2() -> None:
+    # The API server reads YAML 1.2, where an unquoted 2e-4 is a number: every float-string default
+    # must be quoted in the written file (PyYAML alone would leave "2e-4" bare).
+    text = (ROOT / generate.CRD_PATHS[0]).read_text()
+    assert "default: '2e-4'" in text
+    assert "default: '0.05'" in text
+    assert generate.render_crd().count("default: 2e-4") == 0

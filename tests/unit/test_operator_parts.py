@@ -18,7 +18,7 @@ from finetune_operator.failures import (
     pod_blocker,
     termination_summary,
 )
-from finetune_operator.progress import next_progress, parse_metrics
+from finetune_operator.progress import Sample, checkpoint_status, next_progress, parse_metrics
 from finetune_operator.settings import OperatorSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -267,8 +267,54 @@ def test_parse_metrics_and_progress() -> None:
     same = next_progress(
         later, parse_metrics(METRICS.replace("step 30.0", "step 60.0")), NOW + timedelta(seconds=90)
     )
-    assert same.last_step_time == later.last_step_time  # ETA and stall clock move only with the step
+    assert same.last_step_time == later.last_step_time  # the stall clock moves only with the step
     assert isinstance(same, Progress)
+    # between steps the ETA counts down (by at most one step's time), it does not stand still
+    assert same.eta_seconds == 118
+    assert later.seconds_per_step == "2.000"
+
+
+def test_eta_follows_the_smoothed_rate_not_the_last_interval() -> None:
+    """1 step/s with one evaluation pause of 30 s: the last interval's rate would multiply the ETA by 7
+    (what users saw as 4m -> 8m -> 37s); the smoothed rate moves it a little, then it counts down."""
+    progress, t, etas = None, NOW, []
+    for step in range(0, 100, 5):
+        t += timedelta(seconds=5 if step != 50 else 35)
+        progress = next_progress(progress, Sample(step=step + 5, total_steps=200), t)
+        etas.append(progress.eta_seconds)
+    assert etas[0] is None  # no rate before two steps were seen
+    counted = [e for e in etas[1:] if e is not None]
+    assert len(counted) == len(etas) - 1
+    before, after_pause = counted[8], counted[9]
+    assert 145 <= before <= 155  # 150 steps left at 1 s/step
+    assert after_pause < before * 1.8
+    # and from there it only counts down
+    assert counted[9:] == sorted(counted[9:], reverse=True)
+
+
+def test_checkpoints_from_the_trainers_metrics() -> None:
+    text = METRICS + (
+        "# TYPE finetune_trainer_checkpoint_created_timestamp_seconds gauge\n"
+        'finetune_trainer_checkpoint_created_timestamp_seconds{step="200"} 1.7e9\n'
+        'finetune_trainer_checkpoint_created_timestamp_seconds{step="400"} NaN\n'
+        "# TYPE finetune_trainer_checkpoint_complete gauge\n"
+        'finetune_trainer_checkpoint_complete{step="200"} 1.0\n'
+        'finetune_trainer_checkpoint_complete{step="400"} 0.0\n'
+    )
+    sample = parse_metrics(text)
+    assert sample.checkpoints is not None
+    assert [(c.step, c.complete) for c in sample.checkpoints] == [(200, True), (400, False)]
+    assert sample.checkpoints[0].created_at == datetime.fromtimestamp(1.7e9, UTC)
+    assert sample.checkpoints[1].created_at is None
+    status = checkpoint_status("s3://out/bot/", sample.checkpoints)
+    assert [(c.step, c.uri, c.complete) for c in status] == [
+        (200, "s3://out/bot/checkpoints/step-200/", True),
+        (400, "s3://out/bot/checkpoints/step-400/", False),
+    ]
+    # a trainer that reports none yet, and one that does not report checkpoints at all
+    empty = "# TYPE finetune_trainer_checkpoint_complete gauge\n"
+    assert parse_metrics(METRICS + empty).checkpoints == ()
+    assert parse_metrics(METRICS).checkpoints is None
 
 
 def test_settings_from_env() -> None:

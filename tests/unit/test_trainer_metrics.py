@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import urllib.request
+from datetime import UTC, datetime
 
 import pytest
+from finetune_contract import metrics as names
+from finetune_contract.outcomes import CheckpointRef
+from finetune_operator.progress import parse_metrics
 from finetune_trainer.metrics_server import create_metrics, serve
 
-CONTRACT = [
-    "finetune_trainer_step",
-    "finetune_trainer_total_steps",
-    "finetune_trainer_epoch",
-    "finetune_trainer_train_loss",
-    "finetune_trainer_eval_loss",
-    "finetune_trainer_tokens_per_second",
-    "finetune_trainer_samples_total",
-    "finetune_trainer_tokens_total",
-]
+CONTRACT = list(names.GAUGES)
 
 
 def test_metrics_endpoint_serves_contract_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +33,24 @@ def test_metrics_endpoint_serves_contract_names(monkeypatch: pytest.MonkeyPatch)
     assert "finetune_trainer_train_loss NaN" in body
     assert "finetune_trainer_eval_loss NaN" in body
     assert "finetune_trainer_tokens_per_second NaN" in body
+
+
+def test_what_the_trainer_serves_is_what_the_operator_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_PORT", "0")
+    monkeypatch.setenv("POD_IP", "127.0.0.1")
+    metrics = serve(create_metrics())
+    saved = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    try:
+        metrics.step.set(250)
+        metrics.total_steps.set(600)
+        metrics.learning_rate.set(1.5e-4)
+        metrics.report_checkpoints(
+            [CheckpointRef(step=200, created_at=saved), CheckpointRef(step=400, complete=False)]
+        )
+        metrics.report_checkpoints([CheckpointRef(step=400, created_at=saved)])  # 200 pruned, 400 complete
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()
+    finally:
+        metrics.close()
+    sample = parse_metrics(body)
+    assert (sample.step, sample.total_steps, sample.learning_rate) == (250, 600, 1.5e-4)
+    assert sample.checkpoints == (CheckpointRef(step=400, complete=True, created_at=saved),)

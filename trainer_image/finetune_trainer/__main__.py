@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = validate(cfg) if args.mode == "validate" else train(cfg)
     except TrainerError as exc:
         log.error("%s: %s", exc.reason, exc)
-        _fail(exc.reason, exc.exit_code, str(exc), file=exc.file, line=exc.line)
+        _fail(exc.reason, exc.exit_code, str(exc), file=exc.file, line=exc.line, checkpoints=exc.checkpoints)
         return exc.exit_code
     except ValueError as exc:
         # Our own checks raise ValueError with what to change: a permanent problem with the spec.

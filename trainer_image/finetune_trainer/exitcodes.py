@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from finetune_contract.outcomes import ExitCode, FailureReason
+from collections.abc import Sequence
+
+from finetune_contract.outcomes import CheckpointRef, ExitCode, FailureReason
 
 
 class TrainerError(Exception):
@@ -17,11 +19,14 @@ class TrainerError(Exception):
         reason: FailureReason | None = None,
         file: str | None = None,
         line: int | None = None,
+        checkpoints: Sequence[CheckpointRef] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason or self.default_reason
         self.file = file
         self.line = line
+        # What is in S3 when the run stops (a preempted run's last checkpoint is what resumes).
+        self.checkpoints = list(checkpoints)
 
 
 class InvalidInputError(TrainerError):

@@ -377,7 +377,10 @@ def run_training(
     train_seconds = time.monotonic() - started
     state = trainer.state
     if preemption.requested and state.global_step < state.max_steps:
-        raise PreemptedError(f"preempted at step {state.global_step} of {state.max_steps}; checkpoint saved")
+        raise PreemptedError(
+            f"preempted at step {state.global_step} of {state.max_steps}; checkpoint saved",
+            checkpoints=callback.checkpoints,
+        )
 
     log.info("training done at step %d; evaluating", state.global_step)
     eval_report = _final_eval(cfg, model, tokenizer, prepared, base_full)

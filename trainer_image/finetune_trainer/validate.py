@@ -295,8 +295,10 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     train_examples = _tokenize(
         train_rows, fmt, tokenizer, max_len=hp.max_seq_length, name="train", report=report
     )
+    # Rows split off train keep their train line numbers, so they are reported as train's.
+    val_name = "validation" if cfg.dataset.validation else "train"
     val_examples = _tokenize(
-        val_rows, fmt, tokenizer, max_len=hp.max_seq_length, name="validation", report=report
+        val_rows, fmt, tokenizer, max_len=hp.max_seq_length, name=val_name, report=report
     )
     report.info["files"] = {
         "train": {

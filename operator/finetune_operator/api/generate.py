@@ -42,7 +42,16 @@ class _Dumper(yaml.SafeDumper):
     """Block style; long descriptions and rules folded at spaces, nothing else changed."""
 
 
+# What YAML 1.2 (the API server's parser) reads as a number, though PyYAML's YAML 1.1 resolver does not
+# ("2e-4" has no dot): such strings are quoted, or a default of "2e-4" would reach the API server as 0.0002.
+_YAML12_NUMBER: Final = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|0x[0-9a-fA-F]+|0o[0-7]+"
+)
+
+
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if _YAML12_NUMBER.fullmatch(value):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'")
     style = ">" if len(value) > 100 and "\n" not in value and "  " not in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 

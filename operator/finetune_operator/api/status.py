@@ -102,7 +102,7 @@ class Progress(_StatusModel):
     """etaSeconds for humans, e.g. 1h12m, for the ETA column."""
     seconds_per_step: Short | None = None
     """The step rate the ETA is based on: seconds per optimizer step, an exponentially weighted average
-    over about the last minute of training, e.g. "1.84"."""
+    over about the last five minutes of training, e.g. "1.84"."""
     tokens_per_second: Short | None = None
     """Training throughput in tokens per second, e.g. "5230.5"."""
     last_step_time: datetime | None = None

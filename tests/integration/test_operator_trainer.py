@@ -1,0 +1,175 @@
+"""The operator with the real trainer (not the stub) behind real Jobs and pods, on a tiny random Llama.
+
+Everything the operator shows that comes from what the trainer reports is proven here once with the
+real trainer: the estimate from the validation pod's typed summary, a dataset error's reason and line,
+progress and checkpoints from /metrics, the result, and resume from a checkpoint after a suspend.
+The faster stub (tests/integration/test_operator_lifecycle.py) is built on the same contract.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_trainer_support import (
+    chat_rows,
+    tiny_model_dir,  # noqa: F401  (fixture)
+    upload_dir,
+)
+from tests.support import operator as ops
+from tests.support.kube import kubectl, wait_for
+
+pytestmark = pytest.mark.cluster
+
+TRAINER_IMAGE = "finetune-operator/trainer:dev"
+
+
+@pytest.fixture
+def env(
+    namespace: str,
+    s3_env: dict[str, str],
+    s3_bucket: str,
+    tiny_model_dir: Path,  # noqa: F811
+) -> dict[str, str]:
+    ops.apply_crd()
+    ops.setup_namespace(namespace, s3_env)
+    model = upload_dir(ops.s3_client(s3_env), tiny_model_dir, s3_bucket, "models/tiny")
+    return {
+        "namespace": namespace,
+        "bucket": s3_bucket,
+        "endpoint": s3_env["AWS_ENDPOINT_URL"],
+        "model": model,
+    }
+
+
+@pytest.fixture
+def operator(env: dict[str, str]) -> Iterator[ops.Operator]:
+    # Scrape every second, so a suspend lands mid-run.
+    with ops.running_operator(
+        env["namespace"], FTO_TRAINER_IMAGE=TRAINER_IMAGE, FTO_TERMINATION_GRACE_SECONDS="60"
+    ) as op:
+        yield op
+
+
+def manifest(
+    env: dict[str, str], s3_env: dict[str, str], name: str, rows: list[Any], **kw: Any
+) -> dict[str, Any]:
+    train = ops.upload_dataset(s3_env, env["bucket"], f"data/{name}.jsonl", rows)
+    job = ops.job_manifest(
+        name, env["namespace"], bucket=env["bucket"], train=train, endpoint=env["endpoint"], **kw
+    )
+    job["spec"]["baseModel"]["uri"] = env["model"]
+    job["spec"]["method"] = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}}
+    job["spec"]["hyperparameters"].update({"learningRate": "0.003", "maxSeqLength": 128, "warmupRatio": "0"})
+    return job
+
+
+def test_bad_dataset_fails_with_the_trainers_reason_and_line(
+    env: dict[str, str], s3_env: dict[str, str], operator: ops.Operator
+) -> None:
+    ns = env["namespace"]
+    rows = [*chat_rows(3), {"messages": [{"role": "user", "content": "no answer"}]}, *chat_rows(4, offset=10)]
+    ops.apply(manifest(env, s3_env, "badrow", rows))
+    obj = ops.wait_phase("badrow", ns, {"Failed", "Succeeded"}, 240, operator)
+    st = obj["status"]
+    failed = ops.condition(obj, "Failed")
+    assert failed is not None, json.dumps(st, indent=1)
+    assert failed["reason"] == "InvalidDataset"
+    assert "(train:4)" in failed["message"] or "train:4" in failed["message"], failed["message"]
+    assert st["lastFailure"]["exitCode"] == 42
+    assert ops.children(ns, "jobs", "badrow") == []  # no GPU was ever asked for
+    report = ops.s3_client(s3_env).get_object(Bucket=env["bucket"], Key="out/badrow/reports/validation.json")
+    errors = json.loads(report["Body"].read())["errors"]
+    assert (errors[0]["file"], errors[0]["line"], errors[0]["reason"]) == ("train", 4, "InvalidDataset")
+
+
+def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
+    env: dict[str, str], s3_env: dict[str, str], operator: ops.Operator
+) -> None:
+    ns, bucket = env["namespace"], env["bucket"]
+    # 400 rows, 40 held out: 180 steps of batch 2 in one epoch, a checkpoint every 15.
+    job = manifest(env, s3_env, "real", chat_rows(400), epochs=1, batch_size=2, every_steps=15)
+    job["spec"]["checkpointing"]["keep"] = 2
+    ops.apply(job)
+
+    # The estimate comes from the validation pod's summary: tokens of one pass x epochs.
+    validated = wait_for(
+        lambda: o if (o := ops.ftj("real", ns)).get("status", {}).get("estimate") else None, 240, "estimate"
+    )
+    estimate = validated["status"]["estimate"]
+    report = json.loads(
+        ops.s3_client(s3_env).get_object(Bucket=bucket, Key="out/real/reports/validation.json")["Body"].read()
+    )
+    assert estimate["tokens"] == report["tokens"]["train"]["totalTokens"] * 1  # x epochs
+    assert estimate["tokens"] > 360 * 10  # 360 training rows of well over 10 tokens each
+    assert "gpuHours" in estimate
+    message = ops.condition(validated, "Validated")["message"]  # type: ignore[index]
+    assert "360 training rows" in message, message
+
+    # Suspend once a checkpoint is complete and training is well short of the end.
+    def mid_run() -> dict[str, Any] | None:
+        st = ops.ftj("real", ns).get("status", {})
+        done = [c for c in st.get("checkpoints", []) if c.get("complete")]
+        step = (st.get("progress") or {}).get("step") or 0
+        if st.get("phase") in ("Succeeded", "Failed"):
+            raise AssertionError(f"finished before it could be suspended: {json.dumps(st)}")
+        return st if done and 0 < step < 150 else None
+
+    running = wait_for(mid_run, 300, "a complete checkpoint mid-run", interval=0.5)
+    before = max(c["step"] for c in running["checkpoints"] if c["complete"])
+    progress = running["progress"]
+    assert progress["totalSteps"] == 180
+    assert 0 < progress["percent"] < 100
+    assert running["checkpoints"][0]["uri"].startswith(f"s3://{bucket}/out/real/checkpoints/step-")
+    kubectl("patch", "ftj", "real", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    suspended = ops.wait_phase("real", ns, {"Suspended"}, 120, operator)
+    wait_for(
+        lambda: (
+            not [
+                p
+                for p in ops.children(ns, "pods", "real")
+                if "train" in p["metadata"]["name"]
+                and p.get("status", {}).get("phase") in ("Pending", "Running")
+            ]
+        ),
+        120,
+        "trainer pods gone",
+    )
+    saved = [c["step"] for c in ops.ftj("real", ns)["status"]["checkpoints"] if c["complete"]]
+    assert saved, suspended["status"]
+    assert max(saved) >= before
+    kubectl("patch", "ftj", "real", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+
+    obj = ops.wait_phase("real", ns, {"Succeeded", "Failed"}, 600, operator)
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] == 180
+    assert st["outputs"]["adapterURI"] == f"s3://{bucket}/out/real/adapter/"
+    assert len(st["outputs"]["sha256"]) == 64
+    metrics = st["metrics"]
+    assert float(metrics["evalLoss"]) < float(metrics["baseEvalLoss"])
+    assert float(metrics["evalPerplexity"]) == pytest.approx(
+        2.718281828 ** float(metrics["evalLoss"]), rel=1e-3
+    )
+    assert metrics["baseEvalPerplexity"]
+    # keep 2: the two newest complete checkpoints, as they are in S3
+    steps = [c["step"] for c in st["checkpoints"]]
+    assert steps == [165, 180], st["checkpoints"]
+    assert all(c["complete"] and c["createdAt"] for c in st["checkpoints"])
+    keys = {
+        o["Key"]
+        for o in ops.s3_client(s3_env).list_objects_v2(Bucket=bucket, Prefix="out/real/checkpoints/")[
+            "Contents"
+        ]
+    }
+    assert {k.split("/")[3] for k in keys} == {"step-165", "step-180"}
+    result = json.loads(
+        ops.s3_client(s3_env).get_object(Bucket=bucket, Key="out/real/reports/result.json")["Body"].read()
+    )
+    # The second run started from the newest checkpoint: the one saved on SIGTERM, at or after `before`.
+    assert result["resumedFromStep"] >= max(saved) >= before > 0
+    assert st["usage"]["gpuSeconds"] > 0
