@@ -1,40 +1,38 @@
-"""The node agent's image table: which local program stands in for which container image.
+"""The node agent's images: the project's images from the machine's image store, shell images mapped.
 
-There is no container runtime here, so an "image" is only a name that maps to an entrypoint, a
-default CMD and default environment, the way an image's config would. The table is the one in
-docs/architecture.md ("Images and how the local node agent runs them").
+Project images (`finetune-operator/operator`, `/trainer`, `/trainer-stub`) are the ones `make images`
+built from the Dockerfiles and unpacked into the image store (localcluster.imagestore): a pod runs
+inside the image's own root filesystem with its config's Entrypoint, Cmd, Env, WorkingDir and User.
+An image that was not built is a pull failure (ErrImagePull, then ImagePullBackOff), as on a cluster.
+`busybox` and `alpine` stay mapped to the host's shell and tools (tests use them for plain pods).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
-# The checkout this module runs from (localcluster/ is not installed in the venv).
-REPO_ROOT: Final = str(Path(__file__).resolve().parents[2])
+from localcluster import imagestore
+
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Shell images: the host's /bin/sh and tools play busybox/alpine. Their real default CMD is a shell.
 _SHELL_IMAGES = {"busybox": "sh", "alpine": "/bin/sh"}
 
-# Project images: python modules run with the project's virtualenv interpreter.
-_PYTHON_IMAGES = {
-    "finetune-operator/trainer": "finetune_trainer",
-    "finetune-operator/operator": "finetune_operator",
-    "finetune-operator/trainer-stub": "localcluster.trainer_stub",
-}
-
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """What an image's config would say: ENTRYPOINT, CMD, ENV (WORKDIR is always /)."""
+    """What an image's config says: ENTRYPOINT, CMD, ENV, WORKDIR, USER; and where its root is."""
 
     name: str
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     image_id: str = ""
+    # The unpacked root filesystem; None: the host's tree (shell images).
+    rootfs: str | None = None
+    working_dir: str = ""
+    user: str = ""
 
 
 class ImageNotFoundError(LookupError):
@@ -61,34 +59,28 @@ def repository(image: str) -> str:
     return "/".join(parts)
 
 
-def resolve_image(image: str, venv_bin: str) -> ImageConfig:
-    """Look an image up in the table; raises ImageNotFoundError for anything else."""
+def resolve_image(image: str, venv_bin: str, store: Path | None = None) -> ImageConfig:
+    """The image's config; ImageNotFoundError for an image that is neither built nor mapped."""
     repo = repository(image)
-    path = f"{venv_bin}:{HOST_PATH}"
     if repo in _SHELL_IMAGES:
         return ImageConfig(
             name=image,
             entrypoint=(),
             cmd=(_SHELL_IMAGES[repo],),
-            env={"PATH": path},
+            env={"PATH": f"{venv_bin}:{HOST_PATH}"},
             image_id=f"localcluster://{repo}",
         )
-    if repo in _PYTHON_IMAGES:
-        module = _PYTHON_IMAGES[repo]
-        # Images built for Python set this; without it, logs would sit in stdio buffers.
-        env = {"PATH": path, "PYTHONUNBUFFERED": "1"}
-        if module.startswith("localcluster."):
-            # Development tooling is not installed in the venv (it is no part of the distribution):
-            # it runs from the checkout.
-            env["PYTHONPATH"] = REPO_ROOT
+    stored = imagestore.lookup(image, store or imagestore.STORE)
+    if stored is not None:
         return ImageConfig(
             name=image,
-            entrypoint=(f"{venv_bin}/python", "-m", module),
-            cmd=(),
-            env=env,
-            image_id=f"localcluster://{repo}",
+            entrypoint=stored.entrypoint,
+            cmd=stored.cmd,
+            env=stored.env,
+            image_id=f"{stored.ref}@{stored.digest}" if stored.digest else stored.ref,
+            rootfs=str(stored.rootfs),
+            working_dir=stored.working_dir,
+            user=stored.user,
         )
-    raise ImageNotFoundError(
-        f'failed to pull and unpack image "{image}": the local node agent has no entry for '
-        f'repository "{repo}" (known: {", ".join(sorted([*_SHELL_IMAGES, *_PYTHON_IMAGES]))})'
-    )
+    hint = " (build the project's images with `make images`)" if repo.startswith("finetune-operator/") else ""
+    raise ImageNotFoundError(f'failed to pull and unpack image "{image}": not found in the image store{hint}')

@@ -64,6 +64,15 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Who the container's process runs as."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     argv: list[str]
     env: dict[str, str]
@@ -71,6 +80,10 @@ class LaunchPlan:
     mounts: list[Mount]
     termination_message_path: str
     read_only_root: bool
+    # The image's unpacked root filesystem (None: the host's tree, for the shell images).
+    rootfs: str | None = None
+    # None: as the agent (root), for shell images without runAsUser.
+    identity: Identity | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,6 +519,90 @@ def mount_plan(  # noqa: PLR0917 - each argument is a distinct input of the plan
     return mounts
 
 
+# ---------------------------------------------------------------------------------------------
+# Identity: runAsUser/runAsGroup (container over pod) over the image's USER; fsGroup and
+# supplementalGroups as extra groups; runAsNonRoot checked as a kubelet does.
+
+
+def _passwd_entry(rootfs: str | None, user: str) -> tuple[int, int] | None:
+    """(uid, gid) of a user name (or uid) in the image's /etc/passwd."""
+    if rootfs is None:
+        return None
+    try:
+        with open(posixpath.join(rootfs, "etc/passwd"), encoding="utf-8") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if (
+                    len(fields) >= 4
+                    and user in (fields[0], fields[2])
+                    and fields[2].isdigit()
+                    and fields[3].isdigit()
+                ):
+                    return int(fields[2]), int(fields[3])
+    except OSError:
+        return None
+    return None
+
+
+def _group_id(rootfs: str | None, group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    if rootfs is not None:
+        try:
+            with open(posixpath.join(rootfs, "etc/group"), encoding="utf-8") as f:
+                for line in f:
+                    fields = line.split(":")
+                    if len(fields) >= 3 and fields[0] == group and fields[2].isdigit():
+                        return int(fields[2])
+        except OSError:
+            pass
+    raise ConfigError(f"image group {group!r} not found in the image's /etc/group")
+
+
+def process_identity(pod: JSON, container: JSON, image: ImageConfig) -> Identity | None:
+    psc = pod.get("spec", {}).get("securityContext") or {}
+    sc = container.get("securityContext") or {}
+    run_as_user = sc.get("runAsUser", psc.get("runAsUser"))
+    run_as_group = sc.get("runAsGroup", psc.get("runAsGroup"))
+    non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+    if image.rootfs is None and run_as_user is None and run_as_group is None:
+        if non_root:
+            raise ConfigError("container has runAsNonRoot and image will run as root")
+        return None
+    image_user, _, image_group = image.user.partition(":")
+    if run_as_user is not None:
+        uid = int(run_as_user)
+        gid = 0 if run_as_group is None else int(run_as_group)
+        entry = _passwd_entry(image.rootfs, str(uid))
+        if run_as_group is None and entry is not None:
+            gid = entry[1]
+    elif image_user in ("", "0", "root"):
+        uid, gid = 0, 0
+    elif image_user.isdigit():
+        uid, gid = int(image_user), int(image_user) if not image_group else 0
+        entry = _passwd_entry(image.rootfs, image_user)
+        if entry is not None and not image_group:
+            gid = entry[1]
+    else:
+        if non_root:
+            # A kubelet cannot tell whether a named user is root either.
+            raise ConfigError(
+                f"container has runAsNonRoot and image has non-numeric user ({image_user}), cannot verify user is non-root"
+            )
+        entry = _passwd_entry(image.rootfs, image_user)
+        if entry is None:
+            raise ConfigError(f"unable to find user {image_user}: no matching entries in passwd file")
+        uid, gid = entry
+    if run_as_group is None and image_group and run_as_user is None:
+        gid = _group_id(image.rootfs, image_group)
+    if non_root and uid == 0:
+        raise ConfigError("container has runAsNonRoot and image will run as root")
+    groups = [int(g) for g in psc.get("supplementalGroups") or []]
+    if psc.get("fsGroup") is not None:
+        groups.append(int(psc["fsGroup"]))
+    return Identity(uid=uid, gid=gid, groups=tuple(dict.fromkeys(groups)))
+
+
 def build_launch_plan(  # noqa: PLR0917 - each argument is a distinct input of the plan
     ctx: PodContext,
     container: JSON,
@@ -522,8 +619,10 @@ def build_launch_plan(  # noqa: PLR0917 - each argument is a distinct input of t
     return LaunchPlan(
         argv=argv,
         env=env,
-        working_dir=container.get("workingDir") or "/",
+        working_dir=container.get("workingDir") or image.working_dir or "/",
         mounts=mounts,
         termination_message_path=mounts[-1].target,
         read_only_root=bool(sc.get("readOnlyRootFilesystem", False)),
+        rootfs=image.rootfs,
+        identity=process_identity(ctx.pod, container, image),
     )

@@ -104,6 +104,18 @@ class Instance:
             "readOnlyRoot": plan.read_only_root,
             "log": str(self.log_path),
             "staging": str(self.dir / "root"),
+            "rootfs": plan.rootfs,
+            # The overlay's writable layer: this instance's, so the image in the store never changes.
+            "layers": str(self.dir / "layers"),
+            "identity": (
+                None
+                if plan.identity is None
+                else {
+                    "uid": plan.identity.uid,
+                    "gid": plan.identity.gid,
+                    "groups": list(plan.identity.groups),
+                }
+            ),
             "mounts": [
                 {
                     "source": m.source,

@@ -6,11 +6,16 @@ container's process (its own process group) and stays as its parent (like contai
 relay stdout/stderr into a CRI-format log file and record the exit status, so that the
 container outlives an agent restart and its exit code is never lost.
 
-The container's root is a tmpfs whose top-level entries are bind mounts of the host's (so the
-host's tools and the project's venv are all there); a directory that has to receive a new mount
-point (e.g. /run for /var/run/secrets/..., /dev for /dev/termination-log) is "shadowed" the same
-way. Nothing is ever created on the host's filesystem, and everything disappears with the
-namespace when the container's processes are gone.
+The container's root is the image's unpacked root filesystem under an overlay whose writable upper
+layer is the container instance's own (so the image in the store never changes), with the host's
+/dev, /sys, /proc, /etc/hosts and /etc/resolv.conf as a runtime provides them; `readOnlyRootFilesystem`
+makes the overlay read-only. The process runs as the image's USER or the pod's runAsUser/runAsGroup,
+with fsGroup and supplementalGroups as extra groups. For the shell images (busybox, alpine), which
+stand for the host's tools, the root is a tmpfs whose top-level entries are bind mounts of the host's.
+A directory that has to receive a new mount point on a host bind (e.g. /dev for /dev/termination-log)
+is "shadowed" by a tmpfs showing the same entries. Nothing is ever created on the host's filesystem
+outside the container instance's directory, and the mounts disappear with the namespace when the
+container's processes are gone.
 """
 
 from __future__ import annotations
@@ -116,6 +121,37 @@ class RootBuilder:
         self.mounts.append(("/", True))
         self.ro_candidates.insert(0, "/")
 
+    def enter_image(self, rootfs: str, layers: str) -> None:
+        """The image's root filesystem, writable through an overlay whose upper layer is `layers`."""
+        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        upper, work = os.path.join(layers, "upper"), os.path.join(layers, "work")
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+        newroot = self.staging
+        mount("overlay", newroot, "overlay", 0, f"lowerdir={rootfs},upperdir={upper},workdir={work}")
+        # What a container runtime provides: devices, the kernel's views, the node's name resolution.
+        for host_dir in ("/dev", "/proc", "/sys"):
+            target = newroot + host_dir
+            os.makedirs(target, exist_ok=True)
+            mount(host_dir, target, None, MS_BIND | MS_REC)
+            self.mounts.append((host_dir, False))
+        for host_file in ("/etc/hosts", "/etc/resolv.conf"):
+            if not os.path.exists(host_file):
+                continue
+            target = newroot + host_file
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if not os.path.lexists(target) or os.path.islink(target):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+            mount(host_file, target, None, MS_BIND)
+            mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.chroot(newroot)
+        os.chdir("/")
+        self.mounts.append(("/", True))
+        self.ro_candidates.insert(0, "/")
+
     def _replicate(self, src_dir: str, dst_dir: str, view_dir: str) -> None:
         """Make each entry of src_dir appear in dst_dir (seen as view_dir in the container)."""
         for name in sorted(os.listdir(src_dir)):
@@ -209,16 +245,23 @@ class RootBuilder:
 
 def setup(spec: dict[str, Any]) -> None:
     builder = RootBuilder(spec["staging"])
-    builder.enter()
+    rootfs = spec.get("rootfs")
     mounts = sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts))
+    if rootfs:
+        # Opened before the switch: the sources live on the host, outside the image's root.
+        fds = [_open_source(m) for m in mounts]
+        builder.enter_image(rootfs, spec["layers"])
+        for m, fd in zip(mounts, fds, strict=True):
+            builder.bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readOnly")))
+            os.close(fd)
+        builder.ensure_dir(spec.get("workingDir") or "/")
+        builder.finish(bool(spec.get("readOnlyRoot")))
+        return
+    builder.enter()
     # Every source is opened before the first mount and bound through /proc/self/fd: a volume
     # mounted over an ancestor of the state dir (an emptyDir at /tmp while the state lives under
     # /tmp) would otherwise hide the sources bound after it.
-    fds = []
-    for m in mounts:
-        if m.get("createSource") and not os.path.exists(m["source"]):
-            os.makedirs(m["source"], exist_ok=True)
-        fds.append(os.open(m["source"], os.O_PATH | os.O_CLOEXEC))
+    fds = [_open_source(m) for m in mounts]
     # The project tree and its Python must stay where they are: the image table runs pods from
     # them, and a volume over one of their ancestors (an emptyDir at /tmp with a clone in /tmp)
     # would hide them. Opened now, bound back after the volumes if a volume covered them.
@@ -239,6 +282,12 @@ def setup(spec: dict[str, Any]) -> None:
         os.close(fd)
     builder.ensure_dir(spec.get("workingDir") or "/")
     builder.finish(bool(spec.get("readOnlyRoot")))
+
+
+def _open_source(m: dict[str, Any]) -> int:
+    if m.get("createSource") and not os.path.exists(m["source"]):
+        os.makedirs(m["source"], exist_ok=True)
+    return os.open(m["source"], os.O_PATH | os.O_CLOEXEC)
 
 
 class LogWriter:
@@ -278,6 +327,12 @@ def _exec_child(spec: dict[str, Any], out_w: int, err_w: int, status_w: int) -> 
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.chdir(spec.get("workingDir") or "/")
+        identity = spec.get("identity")
+        if identity is not None:
+            # Groups first: once the uid is dropped, the process may no longer change them.
+            os.setgroups([int(g) for g in identity.get("groups") or []])
+            os.setgid(int(identity["gid"]))
+            os.setuid(int(identity["uid"]))
         argv = spec["argv"]
         os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 - exec'ing the container is the point
     except BaseException as exc:

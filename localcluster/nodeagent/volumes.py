@@ -196,6 +196,8 @@ def materialise(ctx: PodContext, sandbox: str, objects: Objects, tokens: Mapping
         target = Path(volume_dir(sandbox, volume["name"]))
         if files is None:
             target.mkdir(parents=True, exist_ok=True)
+            # An emptyDir is writable by whoever the containers run as, as a kubelet makes it.
+            target.chmod(0o777)
             continue
         write_files(target, files)
 

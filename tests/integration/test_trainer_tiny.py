@@ -246,11 +246,12 @@ def test_unreachable_s3_is_transient(
     s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {**s3_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens on the discard port
-    config = base_config("b", "s3://b/m/", "s3://b/t.jsonl", None, "x")
+    config = base_config("bkt", "s3://bkt/m/", "s3://bkt/t.jsonl", None, "x")
     run = run_in_process(
         "validate", write_config(tmp_path / "config.json", config), env, tmp_path / "scratch", monkeypatch
     )
     assert run.returncode == 75, run.stderr[-3000:]
+    assert run.termination["reason"] == "TransientError"
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(

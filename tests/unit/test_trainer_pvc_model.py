@@ -45,6 +45,8 @@ def test_pvc_uris_map_to_the_mount(uri: str, claim: str, path: str) -> None:
         ("pvc://m/../etc", "baseModel.uri must be"),
         ("pvc://m/./x", "'.'"),
         ("pvc://m//x", "empty"),
+        # a single file of a model directory is refused by the config, as by the CRD at apply time
+        ("pvc://models/llm/tiny/tokenizer.json", "on a PVC must be the model directory or one .gguf file"),
         ("file:///models/x", "baseModel.uri must be"),
     ],
 )

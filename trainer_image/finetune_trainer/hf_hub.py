@@ -36,15 +36,13 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from finetune_contract.outcomes import FailureReason
 from finetune_contract.uris import HfUri, parse_hf_uri
 
 from .exitcodes import InvalidModelError, TransientIOError
-
-if TYPE_CHECKING:
-    from .model_loading import LocalModel
+from .local_model import LocalModel
 
 log = logging.getLogger(__name__)
 
@@ -320,8 +318,6 @@ class Hub:
 def fetch_hf_model(uri: str, dest: Path, weights: bool = True) -> LocalModel:
     """Download an hf:// base model into dest (see the module docstring for what and how)."""
     from huggingface_hub.utils.tqdm import disable_progress_bars
-
-    from .model_loading import LocalModel
 
     # One log line per step instead of progress bars and a line per HTTP request in the pod's log.
     disable_progress_bars()

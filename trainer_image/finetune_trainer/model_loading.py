@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,12 @@ from finetune_contract.config import TrainerBaseModel
 from finetune_contract.uris import S3Uri
 
 from .exitcodes import InvalidInputError, InvalidModelError, TransientIOError
+from .local_model import LocalModel
 from .s3io import S3
 
 log = logging.getLogger(__name__)
 
 _MODEL_FILES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".gguf")
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    directory: Path
-    gguf_file: str | None  # file name inside `directory` when the model is a GGUF
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
 def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = True) -> LocalModel:

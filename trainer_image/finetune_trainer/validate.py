@@ -23,7 +23,8 @@ from finetune_contract.uris import S3Uri
 
 from . import data
 from .exitcodes import InvalidInputError
-from .model_loading import LocalModel, check_loadable, fetch_model, load_tokenizer
+from .local_model import LocalModel
+from .model_loading import check_loadable, fetch_model, load_tokenizer
 from .s3io import S3
 
 log = logging.getLogger(__name__)
