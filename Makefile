@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help
 help:
 	@echo "make demo          bring up the local environment and run the main fine-tuning job"
+	@echo "make images        build the operator and trainer images (OCI archives in dist/)"
 	@echo "make test          install everything needed, then lint, type-check and run all tests"
 	@echo "make cluster-up    start the embedded local environment (idempotent); writes .dev/env"
 	@echo "make cluster-down  stop everything cluster-up started"
@@ -21,13 +22,16 @@ help:
 
 # --- installation -------------------------------------------------------------------------
 
-# Debian packages: util-linux for unshare (pods run in their own mount namespaces).
-# Prometheus, etcd, helm and the control plane are built from the Go module proxy instead.
+# Debian packages: util-linux for unshare (pods run in their own mount namespaces); buildah, umoci,
+# mmdebstrap and skopeo to build, unpack and copy the images. Prometheus, etcd, helm and the control
+# plane are built from the Go module proxy instead.
+SYSTEM_PACKAGES := unshare:util-linux buildah:buildah umoci:umoci mmdebstrap:mmdebstrap skopeo:skopeo
 .PHONY: deps-system
 deps-system:
-	@command -v unshare >/dev/null || { \
-	  echo "installing Debian packages: util-linux"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends util-linux >/dev/null; }
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done)"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	@command -v go >/dev/null || { echo "Go >= 1.26 is required to build the control plane (https://go.dev/dl)"; exit 1; }
 
 $(STAMP): pyproject.toml
@@ -46,11 +50,19 @@ venv: $(STAMP)
 binaries: deps-system
 	bash localcluster/build-binaries.sh
 
-# The venv install (network) and the Go builds (CPU) overlap on a cold machine; the binaries are
-# then linked into .dev/bin, where the unit tests find promtool before any cluster is up.
+# The project's images from their Dockerfiles (buildah; see localcluster/imagebuild.py), cached by
+# content under ~/.cache/finetune-operator/images, with the OCI archives linked into dist/. The
+# builder needs only the standard library, so it runs beside the venv install.
+.PHONY: images
+images: deps-system
+	$(PYTHON) -m localcluster.imagebuild
+
+# The venv install (network), the image builds (network, then CPU) and the Go builds (CPU) overlap on
+# a cold machine; the binaries are then linked into .dev/bin, where the unit tests find promtool
+# before any cluster is up.
 .PHONY: tools
 tools: deps-system
-	@$(MAKE) --no-print-directory -j2 venv binaries
+	@$(MAKE) --no-print-directory -j3 venv binaries images
 	@$(PY) -m localcluster build >/dev/null
 
 # --- local environment --------------------------------------------------------------------

@@ -37,6 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from localcluster.imagebuild import project_version
+
+STUB_IMAGE = f"finetune-operator/trainer-stub:{project_version()}"
+
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -203,7 +208,7 @@ def run(jobs: int, timeout: float) -> dict[str, Any]:
         **os.environ,
         "FTO_NAMESPACES": ns,
         "FTO_NAMESPACE": ns,
-        "FTO_TRAINER_IMAGE": "finetune-operator/trainer-stub:dev",
+        "FTO_TRAINER_IMAGE": STUB_IMAGE,
         "FTO_VALIDATION_NODE_SELECTOR": ",".join(f"{k}={v}" for k, v in NOWHERE.items()),
         "PYTHONUNBUFFERED": "1",
         "FTO_METRICS_PORT": str(free_port()),

@@ -128,7 +128,7 @@ def stand_in_base(log: Path) -> tuple[str, str]:
     tarball = imagestore.STORE / f"base-{key}.tar"
     if not tarball.exists():
         print(f"building the stand-in base ({BASE_RECIPE})", flush=True)
-        tmp = tarball.with_suffix(".tmp")
+        tmp = tarball.with_name(f".{tarball.stem}.part.tar")  # the .tar suffix picks mmdebstrap's format
         _run([*BASE_RECIPE.split(), str(tmp)], log, "mmdebstrap")
         tmp.rename(tarball)
     ctr = subprocess.run(

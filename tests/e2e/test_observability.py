@@ -33,13 +33,14 @@ from tests.promtool.queries import (
     substitute,
     variable_queries,
 )
+from tests.support import images
 from tests.support import operator as ops
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
-OPERATOR_IMAGE = "finetune-operator/operator:dev"
+OPERATOR_IMAGE = images.OPERATOR
 RULES_COPY = "finetune-operator-e2e.yaml"
 
 

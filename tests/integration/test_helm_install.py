@@ -36,7 +36,6 @@ def fast(namespace: str, **extra: Any) -> dict[str, Any]:
     """Values for tests: the stub trainer, short intervals, a short peering lifetime."""
     return {
         "trainer.image": ops.STUB_IMAGE,
-        "image.tag": "dev",
         "operator.resyncSeconds": 5,
         "operator.progressIntervalSeconds": 1,
         "operator.terminationGraceSeconds": 10,

@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from localcluster.paths import K8S_VERSION, Ports
+from tests.support import images
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ spec:
   restartPolicy: Never
   containers:
   - name: exporter
-    image: finetune-operator/operator:dev
+    image: {image}
     command: [python, -c]
     args:
     - |
@@ -119,7 +120,7 @@ def _prom_query(url: str, promql: str) -> list[dict[str, object]]:
 def test_prometheus_discovers_and_scrapes_a_pod_through_kubernetes_sd(
     cluster: dict[str, str], namespace: str
 ) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=METRICS_POD.format())
+    kubectl("apply", "-n", namespace, "-f", "-", input=METRICS_POD.format(image=images.OPERATOR))
     wait_for(
         lambda: (
             kubectl_json("get", "pod", "metrics-demo", "-n", namespace)["status"].get("phase") == "Running"

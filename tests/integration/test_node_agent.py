@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.paths import POD_CIDR, PORTS
+from tests.support import images
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
 NODE = "local-gpu-0"
@@ -273,7 +274,7 @@ def test_two_pods_listen_on_the_same_port_on_their_own_ips(namespace: str) -> No
     def web(name: str) -> dict[str, Any]:
         c = {
             "name": "web",
-            "image": "finetune-operator/operator:dev",
+            "image": images.OPERATOR,
             "command": ["python", "-c", server],
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "ports": [{"name": "http", "containerPort": 8080}],
@@ -381,12 +382,12 @@ def test_projected_service_account_token_authenticates_as_the_pod_service_accoun
             print("secrets", exc.status)
         """
     )
-    c = {"name": "main", "image": "finetune-operator/operator:dev", "command": ["python", "-c", script]}
+    c = {"name": "main", "image": images.OPERATOR, "command": ["python", "-c", script]}
     apply(namespace, pod("whoami", [c], serviceAccountName="reader"))
     p = wait_phase(namespace, "whoami", "Succeeded", "Failed")
     out = logs(namespace, "whoami")
     assert p["status"]["phase"] == "Succeeded", out
-    assert "/.venv/bin/python\n" in out
+    assert "python /opt/venv/bin/python\n" in out  # the operator image's own interpreter
     assert f"user system:serviceaccount:{namespace}:reader\n" in out
     assert "configmap v\n" in out
     assert "secrets 403\n" in out

@@ -20,12 +20,13 @@ from tests.integration.test_trainer_support import (
     tiny_model_dir,  # noqa: F401  (fixture)
     upload_dir,
 )
+from tests.support import images
 from tests.support import operator as ops
 from tests.support.kube import kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
 
-TRAINER_IMAGE = "finetune-operator/trainer:dev"
+TRAINER_IMAGE = images.TRAINER
 
 
 @pytest.fixture

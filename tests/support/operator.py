@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from tests.support import images
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
-STUB_IMAGE = "finetune-operator/trainer-stub:dev"
+STUB_IMAGE = images.STUB
 SECRET = "s3-creds"
 
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from localcluster.nodeagent.images import resolve_image
+from localcluster.nodeagent.images import ImageConfig, resolve_image
 from localcluster.nodeagent.podspec import (
     ClaimSource,
     ConfigError,
+    Identity,
     Mount,
     Objects,
     PodContext,
@@ -19,6 +21,7 @@ from localcluster.nodeagent.podspec import (
     field_ref_value,
     mount_plan,
     parse_quantity,
+    process_identity,
     referenced_objects,
 )
 
@@ -167,7 +170,25 @@ def test_missing_env_from_source_is_a_config_error_unless_optional() -> None:
 
 
 BUSYBOX = resolve_image("busybox", VENV)
-TRAINER = resolve_image("finetune-operator/trainer:dev", VENV)
+# As the image store describes the trainer image (its Dockerfile's ENTRYPOINT, CMD, USER).
+TRAINER = ImageConfig(
+    name="finetune-operator/trainer:0.1.0",
+    entrypoint=("/usr/bin/tini", "--", "python", "-m", "finetune_trainer"),
+    cmd=("train", "--config", "/etc/finetune/config.json"),
+    env={"PATH": "/opt/venv/bin:/usr/bin:/bin", "HOME": "/scratch"},
+    rootfs="/images/trainer/rootfs",
+    working_dir="/scratch",
+    user="65532:65532",
+)
+OPERATOR = ImageConfig(
+    name="finetune-operator/operator:0.1.0",
+    entrypoint=("python", "-m", "finetune_operator"),
+    cmd=(),
+    env={"PATH": "/opt/venv/bin:/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+    rootfs="/images/operator/rootfs",
+    working_dir="/tmp",
+    user="65532:65532",
+)
 
 
 @pytest.mark.parametrize(
@@ -176,15 +197,43 @@ TRAINER = resolve_image("finetune-operator/trainer:dev", VENV)
         (BUSYBOX, None, None, ["sh"]),
         (BUSYBOX, ["sh", "-c", "echo $(X)"], None, ["sh", "-c", "echo x"]),
         (BUSYBOX, None, ["-c", "true"], ["-c", "true"]),
-        (TRAINER, None, None, [f"{VENV}/python", "-m", "finetune_trainer"]),
+        (
+            TRAINER,
+            None,
+            None,
+            [
+                "/usr/bin/tini",
+                "--",
+                "python",
+                "-m",
+                "finetune_trainer",
+                "train",
+                "--config",
+                "/etc/finetune/config.json",
+            ],
+        ),
         (
             TRAINER,
             None,
             ["train", "--config", "$(CFG)"],
-            [f"{VENV}/python", "-m", "finetune_trainer", "train", "--config", "/c.json"],
+            ["/usr/bin/tini", "--", "python", "-m", "finetune_trainer", "train", "--config", "/c.json"],
         ),
         (TRAINER, ["python", "-c", "pass"], ["a"], ["python", "-c", "pass", "a"]),
-        (TRAINER, [], [], [f"{VENV}/python", "-m", "finetune_trainer"]),
+        (
+            TRAINER,
+            [],
+            [],
+            [
+                "/usr/bin/tini",
+                "--",
+                "python",
+                "-m",
+                "finetune_trainer",
+                "train",
+                "--config",
+                "/etc/finetune/config.json",
+            ],
+        ),
     ],
 )
 def test_command_replaces_entrypoint_and_args_replace_cmd(
@@ -285,17 +334,16 @@ def test_bad_mounts_are_config_errors(mount: dict[str, Any], volumes: list[Any],
 def test_launch_plan_puts_it_together() -> None:
     container = {
         "name": "c",
-        "image": "finetune-operator/operator:dev",
+        "image": "finetune-operator/operator:0.1.0",
         "command": ["python", "-c", "print('$(GREETING)')"],
         "env": [{"name": "GREETING", "value": "hi"}],
         "workingDir": "/work",
         "securityContext": {"readOnlyRootFilesystem": True},
     }
     pod = make_pod(container)
-    image = resolve_image("finetune-operator/operator:dev", VENV)
-    plan = build_launch_plan(ctx_for(pod), container, image, Objects(), "/sb", "/sb/t")
+    plan = build_launch_plan(ctx_for(pod), container, OPERATOR, Objects(), "/sb", "/sb/t")
     assert plan.argv == ["python", "-c", "print('hi')"]
-    assert plan.env["PATH"].startswith(f"{VENV}:")
+    assert plan.env["PATH"] == "/opt/venv/bin:/usr/bin:/bin"  # the image's ENV
     assert plan.env["HOSTNAME"] == "p"
     assert plan.env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
     assert plan.env["KUBERNETES_SERVICE_PORT"] == "16443"
@@ -304,6 +352,55 @@ def test_launch_plan_puts_it_together() -> None:
     assert plan.working_dir == "/work"
     assert plan.read_only_root is True
     assert plan.termination_message_path == "/dev/termination-log"
+    assert plan.rootfs == "/images/operator/rootfs"
+    assert plan.identity == Identity(uid=65532, gid=65532)
+    # WORKDIR applies when the pod sets none
+    container.pop("workingDir")
+    assert (
+        build_launch_plan(ctx_for(pod), container, OPERATOR, Objects(), "/sb", "/sb/t").working_dir == "/tmp"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod_sc", "container_sc", "image", "identity"),
+    [
+        ({}, {}, OPERATOR, Identity(65532, 65532)),  # the image's USER
+        (
+            {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+            {},
+            OPERATOR,
+            Identity(1000, 1000, (1000,)),
+        ),
+        ({"runAsUser": 1000}, {"runAsUser": 2000, "runAsGroup": 3000}, OPERATOR, Identity(2000, 3000)),
+        ({"supplementalGroups": [5, 6], "fsGroup": 7}, {}, TRAINER, Identity(65532, 65532, (5, 6, 7))),
+        ({}, {}, BUSYBOX, None),  # the host's shell tools run as the agent unless told otherwise
+        ({"runAsUser": 1000}, {}, BUSYBOX, Identity(1000, 0)),
+    ],
+)
+def test_who_the_container_runs_as(
+    pod_sc: dict[str, Any], container_sc: dict[str, Any], image: ImageConfig, identity: Identity | None
+) -> None:
+    container = {"name": "c", "securityContext": container_sc}
+    pod = make_pod(container)
+    pod["spec"]["securityContext"] = pod_sc
+    assert process_identity(pod, container, image) == identity
+
+
+@pytest.mark.parametrize(
+    ("pod_sc", "image", "needle"),
+    [
+        ({"runAsNonRoot": True}, BUSYBOX, "runAsNonRoot and image will run as root"),
+        ({"runAsNonRoot": True, "runAsUser": 0}, OPERATOR, "runAsNonRoot and image will run as root"),
+        ({"runAsNonRoot": True}, replace(OPERATOR, user="operator"), "non-numeric user"),
+        ({}, replace(OPERATOR, user="nobody-here", rootfs="/nonexistent"), "unable to find user nobody-here"),
+    ],
+)
+def test_run_as_non_root_is_enforced(pod_sc: dict[str, Any], image: ImageConfig, needle: str) -> None:
+    container = {"name": "c"}
+    pod = make_pod(container)
+    pod["spec"]["securityContext"] = pod_sc
+    with pytest.raises(ConfigError, match=needle):
+        process_identity(pod, container, image)
 
 
 # ---------------------------------------------------------------------------------------------
