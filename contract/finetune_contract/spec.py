@@ -28,7 +28,7 @@ from .uris import (
     S3_PREFIX_OR_KEY,
     URI_WILDCARDS,
 )
-from .wire import Cel, Crd, FloatString, WireModel, immutable, with_slash
+from .wire import Cel, Crd, FloatString, WireModel, float_range, immutable, with_slash
 
 # A key of a Secret's or ConfigMap's data.
 DATA_KEY: Final = r"^[-._a-zA-Z0-9]+$"
@@ -283,16 +283,7 @@ class Dataset(WireModel):
     s3:// is supported). Excludes validationSplit. Example: s3://datasets/support/val.jsonl."""
 
     validation_split: (
-        Annotated[
-            FloatString,
-            Field(gt=0.0, le=0.5),
-            Cel(
-                "double(self) > 0.0 && double(self) <= 0.5",
-                'dataset.validationSplit must be a fraction in (0, 0.5], e.g. "0.1"',
-                reason="FieldValueInvalid",
-            ),
-        ]
-        | None
+        Annotated[FloatString, *float_range("dataset.validationSplit", gt=0.0, le=0.5, example="0.1")] | None
     ) = None
     """Fraction of train held out for evaluation when validation is not set, as a decimal string in
     (0, 0.5], e.g. "0.1". Excludes validation. When neither is set, the operator holds out "0.1".
@@ -460,15 +451,9 @@ class LoRA(WireModel):
     """Scaling numerator; the update is scaled by alpha/sqrt(r) with rsLora (the default), else alpha/r
     (1-4096, default 32)."""
 
-    dropout: Annotated[
-        FloatString,
-        Field(ge=0.0, lt=1.0),
-        Cel(
-            "double(self) >= 0.0 && double(self) < 1.0",
-            'method.lora.dropout must be in [0, 1), e.g. "0.05"',
-            reason="FieldValueInvalid",
-        ),
-    ] = Field(default="0.05", validate_default=True)
+    dropout: Annotated[FloatString, *float_range("method.lora.dropout", ge=0.0, lt=1.0, example="0.05")] = (
+        Field(default="0.05", validate_default=True)
+    )
     """Dropout on the adapter input, a decimal string in [0, 1), default "0.05"."""
 
     target_modules: Annotated[
@@ -571,13 +556,7 @@ class Hyperparameters(WireModel):
     remain (useful for smoke tests and fixed compute budgets)."""
 
     learning_rate: Annotated[
-        FloatString,
-        Field(gt=0.0, lt=1.0),
-        Cel(
-            "double(self) > 0.0 && double(self) < 1.0",
-            'hyperparameters.learningRate must be greater than 0 and less than 1, e.g. "2e-4"',
-            reason="FieldValueInvalid",
-        ),
+        FloatString, *float_range("hyperparameters.learningRate", gt=0.0, lt=1.0, example="2e-4")
     ] = Field(default="2e-4", validate_default=True)
     """Peak learning rate, a decimal or exponent string in (0, 1), e.g. "2e-4" (default) or "0.0002"."""
 
@@ -586,35 +565,17 @@ class Hyperparameters(WireModel):
     SchedulerType names with "-" for "_"."""
 
     warmup_ratio: Annotated[
-        FloatString,
-        Field(ge=0.0, lt=1.0),
-        Cel(
-            "double(self) >= 0.0 && double(self) < 1.0",
-            'hyperparameters.warmupRatio must be in [0, 1), e.g. "0.03"',
-            reason="FieldValueInvalid",
-        ),
+        FloatString, *float_range("hyperparameters.warmupRatio", ge=0.0, lt=1.0, example="0.03")
     ] = Field(default="0.03", validate_default=True)
     """Fraction of the steps spent warming the learning rate up from 0, in [0, 1), default "0.03"."""
 
     weight_decay: Annotated[
-        FloatString,
-        Field(ge=0.0, le=1.0),
-        Cel(
-            "double(self) >= 0.0 && double(self) <= 1.0",
-            'hyperparameters.weightDecay must be in [0, 1], e.g. "0.01"',
-            reason="FieldValueInvalid",
-        ),
+        FloatString, *float_range("hyperparameters.weightDecay", ge=0.0, le=1.0, example="0.01")
     ] = Field(default="0.0", validate_default=True)
     """AdamW weight decay, in [0, 1], default "0.0"."""
 
     max_grad_norm: Annotated[
-        FloatString,
-        Field(gt=0.0),
-        Cel(
-            "double(self) > 0.0",
-            'hyperparameters.maxGradNorm must be greater than 0, e.g. "1.0"',
-            reason="FieldValueInvalid",
-        ),
+        FloatString, *float_range("hyperparameters.maxGradNorm", gt=0.0, example="1.0")
     ] = Field(default="1.0", validate_default=True)
     """Gradient clipping: before each optimizer step the gradients are scaled down so that their
     global L2 norm is at most this, a decimal string greater than 0, default "1.0"."""

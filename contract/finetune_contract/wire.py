@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 # Decimal or exponent notation, no sign: "2e-4", "0.05", "1", "1.5E+2". The exponent has at most two
@@ -114,6 +114,38 @@ DecimalString = Annotated[
     PlainSerializer(str, return_type=str),
     Crd(type="string", maxLength=16, pattern=DECIMAL_STRING_PATTERN),
 ]
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def float_range(
+    field: str,
+    *,
+    example: str,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> tuple[Any, Cel]:
+    """Bounds of a float string (`Annotated[FloatString, *float_range(...)]`): checked by pydantic in
+    Python and by the same CEL rule in the CRD, whose message states the range and an example."""
+    checks = [
+        f"double(self) {op} {bound!r}"
+        for op, bound in ((">", gt), (">=", ge), ("<", lt), ("<=", le))
+        if bound is not None
+    ]
+    low, high = (gt if gt is not None else ge), (lt if lt is not None else le)
+    if gt is not None and lt is not None:
+        what = f"greater than {_num(gt)} and less than {_num(lt)}"
+    elif high is None and gt is not None:
+        what = f"greater than {_num(gt)}"
+    else:
+        opening, closing = "(" if gt is not None else "[", ")" if lt is not None else "]"
+        what = f"in {opening}{_num(low or 0)}, {_num(high or 0)}{closing}"
+    rule = Cel(" && ".join(checks), f'{field} must be {what}, e.g. "{example}"', reason="FieldValueInvalid")
+    return Field(gt=gt, ge=ge, lt=lt, le=le), rule
 
 
 def with_slash(uri: str) -> str:
