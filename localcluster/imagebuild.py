@@ -163,7 +163,8 @@ def _pip_freeze(rootfs: Path) -> str:
         "print('\\n'.join(sorted({f'{d.metadata[\"Name\"]}=={d.version}' for d in m.distributions()}, key=str.lower)))"
     )
     for python in ("/opt/venv/bin/python", "/usr/bin/python3"):
-        if (rootfs / python.lstrip("/")).exists():
+        # lexists: the venv's python is a symlink that resolves only inside the image
+        if os.path.lexists(rootfs / python.lstrip("/")):
             out = subprocess.run(["chroot", str(rootfs), python, "-c", code], capture_output=True, text=True)
             if out.returncode == 0:
                 return out.stdout

@@ -147,7 +147,10 @@ class RootBuilder:
                 os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
             mount(host_file, target, None, MS_BIND)
             mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-        os.chroot(newroot)
+
+    def switch_root(self) -> None:
+        """chroot into the image's root prepared by `enter_image`."""
+        os.chroot(self.staging)
         os.chdir("/")
         self.mounts.append(("/", True))
         self.ro_candidates.insert(0, "/")
@@ -248,9 +251,11 @@ def setup(spec: dict[str, Any]) -> None:
     rootfs = spec.get("rootfs")
     mounts = sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts))
     if rootfs:
-        # Opened before the switch: the sources live on the host, outside the image's root.
-        fds = [_open_source(m) for m in mounts]
         builder.enter_image(rootfs, spec["layers"])
+        # Opened in the new mount namespace (a bind needs a source mount of the caller's namespace),
+        # before the switch: the sources live on the host, outside the image's root.
+        fds = [_open_source(m) for m in mounts]
+        builder.switch_root()
         for m, fd in zip(mounts, fds, strict=True):
             builder.bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readOnly")))
             os.close(fd)

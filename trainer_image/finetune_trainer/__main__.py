@@ -49,7 +49,11 @@ def _offline_defaults() -> None:
     # With a read-only root filesystem the temp dir must live in scratch and exist before use.
     tmp = os.environ.get("TMPDIR")
     if tmp and tmp.startswith(scratch):
-        Path(tmp).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # Without a writable scratch volume the run fails where it writes, with that path named.
+            log.warning("cannot create TMPDIR %s: %s", tmp, exc)
 
 
 def validate(cfg: TrainerConfig) -> Validated:
@@ -105,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    _offline_defaults()
-
+    # Arguments first: `--help` needs nothing of the pod (no scratch volume, a read-only root).
     args = _parse_args(argv)
+    _offline_defaults()
     try:
         cfg = load_config(args.config)
     except (OSError, ValueError) as exc:
