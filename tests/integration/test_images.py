@@ -51,7 +51,7 @@ def test_each_image_is_archived_with_its_package_list(ref: str) -> None:
     assert "pydantic==2.14.3" in freeze
     # non-root, and nothing in the image may run as root by default
     assert image.user == "65532:65532"
-    name = ref.split("/")[1].split(":")[0]
+    name = ref.split("/")[1].split(":", maxsplit=1)[0]
     link = REPO / "dist" / f"finetune-operator-{name}-{images.VERSION}.oci.tar"
     assert link.resolve() == archive.resolve()
 
@@ -65,7 +65,9 @@ def test_operator_image_holds_the_operator_and_nothing_else() -> None:
     assert not list(root.glob("opt/**/localcluster"))
     # no installer or compiler at run time
     assert not list(root.glob("opt/venv/lib/python*/site-packages/pip"))
-    assert not list(root.glob("usr/lib/python3*/site-packages/pip")) + list(root.glob("usr/local/lib/python3*/site-packages/pip"))
+    assert not list(root.glob("usr/lib/python3*/site-packages/pip")) + list(
+        root.glob("usr/local/lib/python3*/site-packages/pip")
+    )
     assert not (root / "usr/bin/gcc").exists()
     freeze = (image.directory / "pip-freeze.txt").read_text()
     assert "kopf==1.45.2" in freeze
@@ -84,7 +86,7 @@ def test_a_pod_runs_in_the_images_own_root_as_its_user(namespace: str) -> None:
         print("python", sys.executable)
         print("uid", os.getuid(), os.getgid())
         print("venv", os.path.isdir("/opt/venv"))
-        print("checkout", os.path.exists(%r))
+        print("checkout", os.path.exists(CHECKOUT))
         print("cwd", os.getcwd())
         try:
             open("/written-by-the-pod", "w").write("x")
@@ -97,8 +99,7 @@ def test_a_pod_runs_in_the_images_own_root_as_its_user(namespace: str) -> None:
         except ImportError:
             print("trainer absent")
         """
-        % str(REPO)
-    )
+    ).replace("CHECKOUT", repr(str(REPO)))
     c = {
         "name": "main",
         "image": images.OPERATOR,
@@ -129,7 +130,11 @@ def test_trainer_image_runs_its_entrypoint_as_65532_on_a_read_only_root(namespac
     probe = {
         "name": "probe",
         "image": images.TRAINER,
-        "command": ["python", "-c", "import os, torch, peft; print(os.getuid(), os.environ['HOME'], torch.__version__)"],
+        "command": [
+            "python",
+            "-c",
+            "import os, torch, peft; print(os.getuid(), os.environ['HOME'], torch.__version__)",
+        ],
         "securityContext": RESTRICTED,
     }
     apply(namespace, pod("trainer-probe", [probe]))

@@ -53,7 +53,7 @@ def store_with(tmp_path: Path, ref: str, config: dict[str, object], *, unpacked:
 
 
 def test_project_images_come_from_the_image_store(tmp_path: Path) -> None:
-    config = {
+    config: dict[str, object] = {
         "Entrypoint": ["python", "-m", "finetune_operator"],
         "Env": ["PATH=/opt/venv/bin:/usr/bin", "PYTHONPATH=/opt/finetune"],
         "WorkingDir": "/tmp",
