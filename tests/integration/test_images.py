@@ -85,6 +85,8 @@ def test_a_pod_runs_in_the_images_own_root_as_its_user(namespace: str) -> None:
         print("imported", len(names))
         print("python", sys.executable)
         print("uid", os.getuid(), os.getgid())
+        import getpass
+        print("user", getpass.getuser())
         print("venv", os.path.isdir("/opt/venv"))
         print("checkout", os.path.exists(CHECKOUT))
         print("cwd", os.getcwd())
@@ -112,6 +114,7 @@ def test_a_pod_runs_in_the_images_own_root_as_its_user(namespace: str) -> None:
     assert p["status"]["phase"] == "Succeeded", out
     assert "python /opt/venv/bin/python\n" in out
     assert "uid 65532 65532\n" in out
+    assert "user finetune\n" in out  # libraries (Kopf) look the uid up in the password database
     assert "venv True\n" in out
     assert "checkout False\n" in out  # the host's tree is not there
     assert "cwd /tmp\n" in out  # the image's WORKDIR

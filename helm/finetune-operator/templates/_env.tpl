@@ -7,6 +7,9 @@ replicas would otherwise fight over one port.
 {{- $namespaces := include "fto.watchNamespaces" . | fromJsonArray -}}
 - name: POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
+{{- /* Kopf's identity among peers: the pod's name (else it asks the password database for a user name). */}}
+- name: POD_ID
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
 - name: POD_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: POD_IP
