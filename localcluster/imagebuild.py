@@ -179,6 +179,7 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
     if (directory / imagestore.IMAGE_FILE).exists():
         with imagestore.locked():
             imagestore.tag(ref, directory)
+            imagestore.prune(image.name, directory)
         print(f"{ref}: cached ({directory.name})", flush=True)
         return directory
     started = time.monotonic()
@@ -215,6 +216,7 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
         shutil.rmtree(directory, ignore_errors=True)
         work.rename(directory)
         imagestore.tag(ref, directory)
+        imagestore.prune(image.name, directory)
     # The store holds the image now; vfs keeps a full copy of every image, which is space for nothing.
     subprocess.run(["buildah", *STORAGE, "rmi", ref], capture_output=True)
     print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -111,3 +112,18 @@ def lookup(ref: str, store: Path = STORE) -> StoredImage | None:
         user=str(config.get("User") or ""),
         digest=str(meta.get("digest") or ""),
     )
+
+
+def prune(name: str, keep: Path, store: Path = STORE) -> list[Path]:
+    """Remove the other builds of image `name` that no reference points at (call under `locked`):
+    a trainer build is gigabytes, and a tag moves on with every change of its sources."""
+    referenced = set(_read_refs(store).values())
+    removed = []
+    for build in store.glob(f"{name}-*"):
+        rest = build.name[len(name) + 1 :]
+        # "<name>-<16 hex>" only: trainer-<key> must not take trainer-stub-<key> along.
+        if build == keep or build.name in referenced or len(rest) != 16 or not rest.isalnum():
+            continue
+        shutil.rmtree(build, ignore_errors=True)
+        removed.append(build)
+    return removed

@@ -84,3 +84,22 @@ def test_an_image_that_was_not_built_is_not_found(tmp_path: Path) -> None:
 def test_unknown_images_are_not_found(tmp_path: Path) -> None:
     with pytest.raises(ImageNotFoundError, match="not found in the image store"):
         resolve_image("nginx:1.27", VENV, tmp_path)
+
+
+def test_superseded_builds_are_pruned_but_not_other_images(tmp_path: Path) -> None:
+    store = tmp_path / "images"
+    old, new, stub = (
+        store / n
+        for n in ("trainer-aaaaaaaaaaaaaaaa", "trainer-bbbbbbbbbbbbbbbb", "trainer-stub-cccccccccccccccc")
+    )
+    for build in (old, new, stub):
+        build.mkdir(parents=True)
+    with imagestore.locked(store):
+        imagestore.tag("finetune-operator/trainer:0.1.0", new, store)
+        imagestore.tag("finetune-operator/trainer-stub:0.1.0", stub, store)
+        assert imagestore.prune("trainer", new, store) == [old]
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == [
+        new.name,
+        stub.name,
+        "refs.json",
+    ]
