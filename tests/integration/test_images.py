@@ -139,8 +139,10 @@ def test_trainer_image_runs_its_entrypoint_as_65532_on_a_read_only_root(namespac
             "import os, torch, peft; print(os.getuid(), os.environ['HOME'], torch.__version__)",
         ],
         "securityContext": RESTRICTED,
+        # As the operator runs it: the only writable path is the scratch volume.
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     }
-    apply(namespace, pod("trainer-probe", [probe]))
+    apply(namespace, pod("trainer-probe", [probe], volumes=[{"name": "scratch", "emptyDir": {}}]))
     p = wait_phase(namespace, "trainer-probe", "Succeeded", "Failed", timeout=180)
     out = logs(namespace, "trainer-probe")
     assert p["status"]["phase"] == "Succeeded", out

@@ -99,7 +99,7 @@ def test_superseded_builds_are_pruned_but_not_other_images(tmp_path: Path) -> No
         imagestore.tag("finetune-operator/trainer-stub:0.1.0", stub, store)
         assert imagestore.prune("trainer", new, store) == [old]
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == [
+        "refs.json",
         new.name,
         stub.name,
-        "refs.json",
     ]
