@@ -30,6 +30,10 @@ def models_claim(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:  # noqa
     (root / "tiny").mkdir(parents=True)
     (root / "tiny" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     save_file({"w": np.zeros((4, 4), dtype=np.float32)}, str(root / "tiny" / "model.safetensors"))
+    # The trainer runs as uid 1000 (from its image): the model must be readable to it, as on any cluster
+    # (safetensors writes its files owner-only).
+    for path in (root, root / "tiny", *(root / "tiny").iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     pv_name = f"{ns}-models"
     pv = {
         "apiVersion": "v1",

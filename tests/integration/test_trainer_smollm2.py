@@ -57,13 +57,13 @@ def test_smollm2_learns_facts_and_answers_paraphrases(
     uris = {name: put_jsonl(client, s3_bucket, f"data/{name}.jsonl", rows[name]) for name in rows}
     config = {
         "baseModel": {"uri": f"s3://{s3_bucket}/models/{gguf.name}"},
-        "dataset": {"train": uris["train"], "validation": uris["val"]},
+        "dataset": {"train": uris["train"], "validation": uris["val"], "test": uris["heldout"]},
         "output": {"uri": f"s3://{s3_bucket}/smollm2/"},
         # Default LoRA (r=16, alpha=32, all linear layers, rsLoRA scaling), cosine, 3 epochs,
         # batch 8; a learning rate above the 2e-4 default so ~21 CPU steps learn the facts.
         "hyperparameters": {"epochs": 3, "learningRate": "1e-3", "batchSize": 8, "maxSeqLength": 256},
         "checkpointing": {"everySteps": 1000, "keep": 1},
-        "eval": {"dataset": uris["heldout"], "maxNewTokens": 16},
+        "eval": {"maxNewTokens": 16},
     }
     run = run_trainer(
         "train", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch", 600
