@@ -98,11 +98,17 @@ def _float(text: str | None) -> float | None:
         return None
 
 
-def smoothed_seconds_per_step(old: float | None, measured: float, elapsed: float) -> float:
-    """One step of the exponentially weighted average of seconds per step (see RATE_TAU_SECONDS)."""
+def smoothed_seconds_per_step(
+    old: float | None, measured: float, elapsed: float, share: float = 0.0
+) -> float:
+    """One step of the exponentially weighted average of seconds per step (see RATE_TAU_SECONDS).
+
+    `share` is the new interval's share of the steps seen so far: early in a run, when few steps have
+    been measured, each counts that much at least (a plain mean), so the first interval does not
+    linger for minutes."""
     if old is None:
         return measured
-    weight = 1.0 - math.exp(-max(elapsed, 0.0) / RATE_TAU_SECONDS)
+    weight = max(1.0 - math.exp(-max(elapsed, 0.0) / RATE_TAU_SECONDS), min(max(share, 0.0), 1.0))
     return old + weight * (measured - old)
 
 
@@ -116,9 +122,13 @@ def next_progress(old: Progress | None, sample: Sample, now: datetime) -> Progre
     last_step_time = old.last_step_time
     rate = _float(old.seconds_per_step)
     if step is not None and step != old.step:
-        if old.step is not None and old.last_step_time is not None and step > old.step:
+        # The interval from step 0 holds the trainer's start (model load, the base evaluation), not
+        # training: it would set the rate many times too slow.
+        if old.step and old.last_step_time is not None and step > old.step:
             elapsed = (now - old.last_step_time).total_seconds()
-            rate = smoothed_seconds_per_step(rate, elapsed / (step - old.step), elapsed)
+            rate = smoothed_seconds_per_step(
+                rate, elapsed / (step - old.step), elapsed, (step - old.step) / step
+            )
         last_step_time = now
     eta_seconds = old.eta_seconds
     if rate is not None and total and step is not None:

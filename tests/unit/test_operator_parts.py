@@ -364,3 +364,18 @@ def test_children_of_a_predecessor_with_the_same_name_are_ignored() -> None:
     assert [p["metadata"]["uid"] for p in trainer] == ["t-new"]
     assert [j["metadata"]["uid"] for j in trainer_jobs] == ["job-new"]
     assert observe(("ns", "other"), "ftj-new", pods, jobs) == ([], [], [])
+
+
+def test_the_trainers_start_does_not_set_the_rate() -> None:
+    """Step 0 -> 1 takes the model load and the base evaluation (40 s here); 5 s per step after that.
+    The ETA must say minutes, not an hour (what the demo showed with the start counted in)."""
+    progress = next_progress(None, Sample(step=0, total_steps=96), NOW)
+    t = NOW + timedelta(seconds=40)
+    progress = next_progress(progress, Sample(step=1, total_steps=96), t)
+    assert progress.eta_seconds is None  # nothing measured yet
+    for step in range(3, 21, 2):
+        t += timedelta(seconds=10)
+        progress = next_progress(progress, Sample(step=step, total_steps=96), t)
+    assert progress.seconds_per_step == "5.000"
+    assert progress.eta_seconds is not None
+    assert progress.eta_seconds == (96 - 19) * 5  # steps left at 5 s, not 40
