@@ -217,7 +217,8 @@ def type_schema(annotation: Any, metadata: list[Any], *, with_defaults: bool) ->
     if schema.get("type") == "integer" and "format" not in schema:
         schema["format"] = "int32"
     if rules:
-        schema["x-kubernetes-validations"] = schema.get("x-kubernetes-validations", []) + rules
+        # The field's own rules (e.g. immutability) come before those of the model it holds.
+        schema["x-kubernetes-validations"] = rules + schema.get("x-kubernetes-validations", [])
     return schema
 
 
@@ -247,11 +248,6 @@ def object_schema(model: type[BaseModel], *, with_defaults: bool = True) -> JSON
             schema["default"] = default
         if field.is_required():
             required.append(alias)
-        # A field's own rules (e.g. immutability) come before the rules of the model it holds.
-        own = [r for r in schema.get("x-kubernetes-validations", []) if r not in _model_rules(field)]
-        inner = [r for r in schema.get("x-kubernetes-validations", []) if r in _model_rules(field)]
-        if own or inner:
-            schema["x-kubernetes-validations"] = own + inner
         properties[alias] = _ordered(schema)
     out: JSON = {"type": "object"}
     if model.__doc__:
@@ -266,13 +262,6 @@ def object_schema(model: type[BaseModel], *, with_defaults: bool = True) -> JSON
         out.update(extra.schema)
     out["properties"] = properties
     return _ordered(out)
-
-
-def _model_rules(field: FieldInfo) -> list[JSON]:
-    tp = _flatten(field.annotation, [])
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [r.as_schema() for r in getattr(tp, "crd_rules", ())]
-    return []
 
 
 def openapi_schema() -> JSON:
