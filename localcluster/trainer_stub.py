@@ -51,6 +51,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 from finetune_contract.config import TrainerConfig, load_config
+from finetune_contract.hyperparameters import DataShape, ResolvedHyperparameters, resolve
 from finetune_contract.outcomes import (
     CheckpointRef,
     ExitCode,
@@ -246,12 +247,24 @@ def check_hf_model(uri: str) -> None:
         raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
 
 
+def resolved_hyperparameters(cfg: TrainerConfig, rows: int, tokens: int) -> ResolvedHyperparameters:
+    """The contract's resolution, from the stub's row count and mean length (it keeps no split)."""
+    shape = DataShape(rows=rows, p95_tokens=tokens // max(rows, 1))
+    return resolve(cfg.hyperparameters, cfg.method.type, shape)
+
+
 def validate(cfg: TrainerConfig, store: Store) -> Validated:
     check_base_model(cfg)
     _, rows, tokens = read_dataset(cfg, store)
     store.put("reports/validation.json", json.dumps({"valid": True, "rows": rows, "tokens": tokens}).encode())
     stats = TokenStats(rows=rows, total_tokens=tokens)
-    return Validated(message=f"dataset valid: {rows} rows", rows=rows, tokens=tokens, train=stats)
+    return Validated(
+        message=f"dataset valid: {rows} rows",
+        rows=rows,
+        tokens=tokens,
+        train=stats,
+        hyperparameters=resolved_hyperparameters(cfg, rows, tokens),
+    )
 
 
 class Preempted:
@@ -296,10 +309,8 @@ def train(cfg: TrainerConfig, store: Store) -> Succeeded:
     try:
         check_base_model(cfg)
         directives, rows, tokens = read_dataset(cfg, store)
-        hp = cfg.hyperparameters
-        total = int(
-            directives.get("totalSteps") or min(MAX_STEPS, math.ceil(rows * hp.epochs / hp.batch_size))
-        )
+        hp = resolved_hyperparameters(cfg, rows, tokens)
+        total = int(directives.get("totalSteps") or min(MAX_STEPS, hp.total_steps))
         step_seconds = float(directives.get("stepSeconds", 0.2))
         attempt = int(os.environ.get("FINETUNE_ATTEMPT", "1") or 1)
         failing = attempt <= int(directives.get("failAttempts", 0))
@@ -333,9 +344,9 @@ def train(cfg: TrainerConfig, store: Store) -> Succeeded:
             metrics.epoch.set(hp.epochs * step / total)
             metrics.train_loss.set(loss)
             metrics.tokens_per_second.set(tokens_per_step / step_seconds if step_seconds else 0)
-            metrics.samples.set(step * hp.batch_size)
+            metrics.samples.set(step * hp.effective_batch_size)
             metrics.tokens.set(step * tokens_per_step)
-            metrics.learning_rate.set(cfg.hyperparameters.learning_rate * (1 - step / total))
+            metrics.learning_rate.set(hp.learning_rate * (1 - step / total))
             if step % cfg.checkpointing.every_steps == 0 and step < total:
                 checkpoint(store, step, saved, metrics)
                 metrics.eval_loss.set(loss + 0.05)
@@ -348,6 +359,8 @@ def train(cfg: TrainerConfig, store: Store) -> Succeeded:
             epoch=float(hp.epochs),
             train_loss=round(2.5 * math.exp(-3) + 0.3, 4),
             resumed_from_step=start,
+            published_step=step,
+            hyperparameters=hp,
             adapter_uri=adapter.rsplit("/", 1)[0] + "/",
             sha256=hashlib.sha256(weights).hexdigest(),
             report_uri=store.prefix + "reports/result.json",

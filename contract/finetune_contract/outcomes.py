@@ -16,6 +16,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
+from .hyperparameters import ResolvedHyperparameters
+
 # Kubernetes keeps at most this many bytes of a termination message.
 TERMINATION_LIMIT: Final = 4096
 
@@ -104,6 +106,8 @@ class Validated(_Summary):
     """Tokens of one pass over the training rows (the estimate multiplies by epochs)."""
     train: TokenStats = Field(default_factory=TokenStats)
     warnings: int = 0
+    hyperparameters: ResolvedHyperparameters | None = None
+    """What training will use: the spec's values, the unset ones chosen from the data."""
 
 
 class Succeeded(_Summary):
@@ -123,12 +127,16 @@ class Succeeded(_Summary):
     tokens_per_second: float | None = None
     ms_per_token: float | None = None
     early_stopped: bool = False
+    published_step: int | None = None
+    """The step whose weights were published: the best evaluation's (lowest validation loss), or the
+    last step when there was no validation set."""
     resumed_from_step: int | None = None
     train_seconds: float | None = None
     adapter_uri: Annotated[str, Field(alias="adapterURI")]
     sha256: str
     report_uri: Annotated[str, Field(alias="reportURI")]
     checkpoints: list[CheckpointRef] = Field(default_factory=list)
+    hyperparameters: ResolvedHyperparameters | None = None
 
 
 class Failed(_Summary):

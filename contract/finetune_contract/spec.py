@@ -41,7 +41,6 @@ ENDPOINT_HOST_PORT: Final = (
 )
 ALL_LINEAR: Final = "all-linear"
 ALL_LINEAR_TYPO: Final = r"(?i)^all([-_.]?linear(s|-layers)?)?$"
-DEFAULT_VALIDATION_SPLIT: Final = 0.1
 DEFAULT_PATIENCE_OFF: Final = 0
 
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -243,7 +242,7 @@ class BaseModelSource(WireModel):
 
 class Dataset(WireModel):
     """The training data: JSONL files in S3 (only s3:// is supported), one example per line. Immutable.
-    Evaluation data comes from validation, or from validationSplit, or (neither set) 10% of train.
+    Evaluation data comes from validation, or from validationSplit, or (neither set) about 10% of train.
     An optional test set is scored for exact match at the end."""
 
     crd_rules: ClassVar = (
@@ -286,7 +285,8 @@ class Dataset(WireModel):
         Annotated[FloatString, *float_range("dataset.validationSplit", gt=0.0, le=0.5, example="0.1")] | None
     ) = None
     """Fraction of train held out for evaluation when validation is not set, as a decimal string in
-    (0, 0.5], e.g. "0.1". Excludes validation. When neither is set, the operator holds out "0.1".
+    (0, 0.5], e.g. "0.1". Excludes validation. When neither is set, 10% of train is held out, but at
+    least 50 rows (at most 20% of a small set) and at most 1,000, so the evaluation loss means something.
     The split is deterministic (hyperparameters.seed)."""
 
     format: DatasetFormat = DatasetFormat.AUTO
@@ -325,13 +325,6 @@ class Dataset(WireModel):
         if self.test is not None and self.test in (self.train, self.validation):
             raise ValueError("dataset.test must differ from dataset.train and dataset.validation")
         return self
-
-    @property
-    def effective_validation_split(self) -> float | None:
-        """The fraction of train held out, or None when a validation file is given."""
-        if self.validation is not None:
-            return None
-        return self.validation_split if self.validation_split is not None else DEFAULT_VALIDATION_SPLIT
 
 
 class Output(WireModel):
@@ -534,7 +527,8 @@ class EarlyStopping(WireModel):
 
 class Hyperparameters(WireModel):
     """Training hyperparameters. Floats are strings (e.g. "2e-4") so they round-trip exactly. Every field
-    has a default, so hyperparameters may be omitted. Immutable."""
+    may be omitted: epochs, learningRate, batchSize, gradientAccumulationSteps and the warm-up are then
+    chosen from the data during validation (status.resolved.hyperparameters shows what runs). Immutable."""
 
     crd_rules: ClassVar = (
         # Epoch e of E trains the top (e+1)/E of the layers: with one epoch every layer trains from
@@ -548,26 +542,32 @@ class Hyperparameters(WireModel):
         ),
     )
 
-    epochs: Annotated[int, Field(ge=1, le=100)] = 3
-    """Passes over the training set (1-100, default 3)."""
+    epochs: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Passes over the training set (1-100). Unset: chosen from the data, 3 by default, more for small
+    sets so a run gets about 100 optimizer steps (at most 10), fewer for large ones (at most about 25,000
+    examples seen, at least 1); status.resolved.hyperparameters shows the value used."""
 
     max_steps: Annotated[int, Field(ge=1, le=10_000_000), Crd(format="int64")] | None = None
     """Optional cap on optimizer steps; when set, training stops after this many steps even if epochs
     remain (useful for smoke tests and fixed compute budgets)."""
 
-    learning_rate: Annotated[
-        FloatString, *float_range("hyperparameters.learningRate", gt=0.0, lt=1.0, example="2e-4")
-    ] = Field(default="2e-4", validate_default=True)
-    """Peak learning rate, a decimal or exponent string in (0, 1), e.g. "2e-4" (default) or "0.0002"."""
+    learning_rate: (
+        Annotated[FloatString, *float_range("hyperparameters.learningRate", gt=0.0, lt=1.0, example="2e-4")]
+        | None
+    ) = None
+    """Peak learning rate, a decimal or exponent string in (0, 1), e.g. "2e-4" or "0.0002". Unset: "2e-4"
+    for lora and qlora, "2e-5" for full."""
 
     lr_scheduler: LRScheduler = LRScheduler.COSINE
     """How the learning rate changes after warmup (default cosine). The names are the transformers
     SchedulerType names with "-" for "_"."""
 
-    warmup_ratio: Annotated[
-        FloatString, *float_range("hyperparameters.warmupRatio", ge=0.0, lt=1.0, example="0.03")
-    ] = Field(default="0.03", validate_default=True)
-    """Fraction of the steps spent warming the learning rate up from 0, in [0, 1), default "0.03"."""
+    warmup_ratio: (
+        Annotated[FloatString, *float_range("hyperparameters.warmupRatio", ge=0.0, lt=1.0, example="0.03")]
+        | None
+    ) = None
+    """Fraction of the steps spent warming the learning rate up from 0, in [0, 1), e.g. "0.03". Unset: 3%
+    of the steps, but at least 10 steps (at most 10% of a short run)."""
 
     weight_decay: Annotated[
         FloatString, *float_range("hyperparameters.weightDecay", ge=0.0, le=1.0, example="0.01")
@@ -580,12 +580,15 @@ class Hyperparameters(WireModel):
     """Gradient clipping: before each optimizer step the gradients are scaled down so that their
     global L2 norm is at most this, a decimal string greater than 0, default "1.0"."""
 
-    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
-    """Sequences per GPU (per process) per forward pass (1-1024, default 8). The effective batch is
-    batchSize * gradientAccumulationSteps * GPUs * nodes."""
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Sequences per GPU (per process) per forward pass (1-1024). The effective batch is
+    batchSize * gradientAccumulationSteps * GPUs * nodes. Unset: an effective batch chosen from the
+    data (1-8 for sets under 128 rows, 8 up to 4,000 rows, then growing to 64), split into forward
+    passes of at most 8,192 tokens (at the 95th percentile length)."""
 
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
-    """Forward passes whose gradients are summed before each optimizer step (1-1024, default 1)."""
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Forward passes whose gradients are summed before each optimizer step (1-1024). Unset: what
+    reaches the automatic effective batch with the batchSize in force."""
 
     max_seq_length: Annotated[int, Field(ge=16, le=131072)] = 2048
     """Tokens per sequence; longer examples are truncated (16-131072, default 2048)."""
@@ -607,7 +610,7 @@ class Hyperparameters(WireModel):
 
     @model_validator(mode="after")
     def _check_unfreezing(self) -> Hyperparameters:
-        if self.gradual_unfreezing and self.epochs < 2:
+        if self.gradual_unfreezing and self.epochs is not None and self.epochs < 2:
             raise ValueError(
                 "hyperparameters.gradualUnfreezing unfreezes more layers each epoch; it needs epochs >= 2"
             )

@@ -75,9 +75,9 @@ def money(value: Decimal) -> str:
     return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
-def estimate(spec: FineTuneJobSpec, dataset_tokens: int, table: PriceTable) -> Estimate:
+def estimate(spec: FineTuneJobSpec, tokens: int, table: PriceTable) -> Estimate:
+    """The cost of training on `tokens` (one pass over the data times the epochs in force)."""
     gpus = spec.resources.total_gpus
-    tokens = dataset_tokens * spec.hyperparameters.epochs
     if gpus == 0:
         return Estimate(tokens=tokens, gpu_hours="0.00", cost=money(Decimal(0)))
     tps = table.tokens_per_second(spec.resources.gpu_type)

@@ -162,6 +162,20 @@ def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/cache"},
         {"name": "FINETUNE_JOB", "value": f"{ref.namespace}/{ref.name}"},
         {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
+        # The trainer sizes its thread pools from these (millicores), not from the node's cores.
+        *(
+            {
+                "name": name,
+                "valueFrom": {
+                    "resourceFieldRef": {
+                        "containerName": CONTAINER_NAME,
+                        "resource": resource,
+                        "divisor": "1m",
+                    }
+                },
+            }
+            for name, resource in (("FTO_CPU_LIMIT", "limits.cpu"), ("FTO_CPU_REQUEST", "requests.cpu"))
+        ),
     ]
     return env
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from finetune_contract.hyperparameters import DEFAULT_EPOCHS, ResolvedHyperparameters
 from finetune_contract.outcomes import CheckpointRef, Failed, Succeeded, Validated
 
 from . import manifests, names
@@ -34,6 +35,7 @@ from .api import (
     Phase,
     Progress,
     Reason,
+    Resolved,
     derive_phase,
     find_condition,
     is_true,
@@ -266,7 +268,12 @@ def _validate(
             text = (
                 f"{summary.message or text}: {summary.rows} training rows, {summary.tokens} tokens per epoch"
             )
-            b.st.estimate = estimate(spec, summary.tokens, obs.prices)
+            resolved = summary.hyperparameters
+            if resolved is not None:
+                b.st.resolved = Resolved(hyperparameters=resolved)
+                text += f"; {describe_resolved(resolved)}"
+            epochs = resolved.epochs if resolved else spec.hyperparameters.epochs or DEFAULT_EPOCHS
+            b.st.estimate = estimate(spec, summary.tokens * epochs, obs.prices)
         b.set(ConditionType.VALIDATED, TRUE, Reason.INPUTS_VALID, text)
         b.clear(ConditionType.STALLED, Reason.PROGRESSING, "validation passed")
         b.message(Reason.INPUTS_VALID, text)
@@ -293,6 +300,17 @@ def _validate(
         if _age(pod, b.now) > settings.image_pull_timeout:
             b.fail(blocker.reason, text)
     return False
+
+
+def describe_resolved(r: ResolvedHyperparameters) -> str:
+    """One line for the Validated condition: what training will run, and what was chosen for the user."""
+    text = (
+        f"training {r.epochs} epochs x {r.steps_per_epoch} steps (batch {r.effective_batch_size}, "
+        f"learning rate {r.learning_rate:g}, {r.warmup_steps} warm-up steps)"
+    )
+    if r.auto:
+        text += f"; chosen from the data: {', '.join(r.auto)}"
+    return text
 
 
 def _deadline_left(spec: FineTuneJobSpec, start: datetime | None, now: datetime) -> int | None:
@@ -469,7 +487,10 @@ def _succeed(b: _Builder, spec: FineTuneJobSpec, pods: Sequence[JSON]) -> None:
     if summary is None:
         return
     b.st.outputs = Outputs(
-        adapter_uri=summary.adapter_uri, sha256=summary.sha256, report_uri=summary.report_uri
+        adapter_uri=summary.adapter_uri,
+        sha256=summary.sha256,
+        report_uri=summary.report_uri,
+        published_step=summary.published_step,
     )
     if summary.checkpoints:
         b.st.checkpoints = checkpoint_status(spec.output.prefix, summary.checkpoints)

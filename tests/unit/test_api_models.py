@@ -189,10 +189,10 @@ def test_defaults_and_typed_values() -> None:
     spec = FineTuneJobSpec.model_validate(MINIMAL)
     assert spec.method.type is MethodType.LORA
     assert spec.method.effective_lora == LoRA(r=16, alpha=32, dropout=0.05, target_modules=["all-linear"])
-    assert spec.hyperparameters.learning_rate == pytest.approx(2e-4)
+    assert spec.hyperparameters.learning_rate is None  # automatic: resolved during validation
     assert spec.hyperparameters.lr_scheduler.transformers_name == "cosine"
     assert LRScheduler.COSINE_WITH_RESTARTS.transformers_name == "cosine_with_restarts"
-    assert spec.dataset.effective_validation_split == pytest.approx(0.1)
+    assert spec.dataset.validation_split is None
     assert spec.resources.gpus == 1
     assert spec.resources.total_gpus == 1
     assert spec.output.prefix == "s3://adapters/demo/run-1/"

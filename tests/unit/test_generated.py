@@ -49,6 +49,8 @@ def test_number_like_strings_are_quoted_for_yaml_1_2() -> None:
     # The API server reads YAML 1.2, where an unquoted 2e-4 is a number: every float-string default
     # must be quoted in the written file (PyYAML alone would leave "2e-4" bare).
     text = (ROOT / generate.CRD_PATHS[0]).read_text()
-    assert "default: '2e-4'" in text
     assert "default: '0.05'" in text
-    assert generate.render_crd().count("default: 2e-4") == 0
+    assert "default: '1.0'" in text
+    for value in ("2e-4", "1E+2", "0.05", "3", ".5"):
+        assert yaml.dump({"default": value}, Dumper=generate._Dumper) == f"default: '{value}'\n"
+    assert yaml.dump({"default": "cosine"}, Dumper=generate._Dumper) == "default: cosine\n"

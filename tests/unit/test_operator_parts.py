@@ -212,7 +212,7 @@ def test_price_table_and_estimate() -> None:
     assert problems == ["price table entry broken='cheap' is not a non-negative number; ignored"]
     assert table.price("h100") == Decimal("4.50")
     assert table.price("other") == Decimal(2)
-    est = estimate(spec(gpus=2, gpuType="h100"), 16_200_000, table)
+    est = estimate(spec(gpus=2, gpuType="h100"), 16_200_000 * 2, table)
     # 16.2M tokens x 2 epochs / 9000 tok/s = 3600 s = 1 GPU-hour (independent of the GPU count) x 4.50
     assert (est.tokens, est.gpu_hours, est.cost) == (32_400_000, "1.00", "4.50")
     assert estimate(spec(gpus=0), 1000, table).cost == "0.00"

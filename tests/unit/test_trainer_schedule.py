@@ -1,15 +1,10 @@
-"""Pure helpers of the training loop: step counts and the gradual-unfreezing schedule."""
+"""Pure helpers of the training loop: the gradual-unfreezing schedule and the thread count."""
 
 from __future__ import annotations
 
-from finetune_trainer.train import steps_per_epoch, unfrozen_layer_count
-
-
-def test_steps_per_epoch_rounds_up_batches_and_accumulation() -> None:
-    assert steps_per_epoch(48, 8, 1) == 6
-    assert steps_per_epoch(49, 8, 1) == 7
-    assert steps_per_epoch(49, 8, 2) == 4
-    assert steps_per_epoch(3, 8, 4) == 1
+import pytest
+from finetune_trainer.threads import configure, thread_count
+from finetune_trainer.train import unfrozen_layer_count
 
 
 def test_gradual_unfreezing_goes_from_the_top_down() -> None:
@@ -19,3 +14,30 @@ def test_gradual_unfreezing_goes_from_the_top_down() -> None:
     assert unfrozen_layer_count(0.0, 1.5, 10) == 5
     assert unfrozen_layer_count(1.2, 1.5, 10) == 10
     assert unfrozen_layer_count(0.0, 1, 2) == 2
+
+
+@pytest.mark.parametrize(
+    ("limit_m", "request_m", "host", "threads"),
+    [
+        (8000, 8000, 128, 8),  # cpu: "8" on a 128-core node: 8 threads, not 128
+        (128_000, 8000, 128, 8),  # no limit (the downward API reports the node's): the request
+        (None, 2500, 64, 3),  # 2.5 cores requested: rounded up
+        (500, 500, 16, 1),  # half a core: one thread
+        (4000, None, 2, 2),  # never more than the cores this process sees
+        (None, None, 6, 6),  # nothing known: the cores this process sees
+    ],
+)
+def test_threads_follow_the_containers_cpu(
+    limit_m: int | None, request_m: int | None, host: int, threads: int
+) -> None:
+    assert thread_count(limit_m, request_m, host) == threads
+
+
+def test_thread_pools_are_sized_before_torch_starts_and_the_pods_own_setting_wins() -> None:
+    env = {"FTO_CPU_LIMIT": "1000", "FTO_CPU_REQUEST": "1000"}
+    assert configure(env) == 1
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["RAYON_NUM_THREADS"] == "1"
+    assert env["TOKENIZERS_PARALLELISM"] == "false"
+    env = {"FTO_CPU_LIMIT": "1000", "OMP_NUM_THREADS": "3"}
+    assert configure(env) == 3
+    assert env["MKL_NUM_THREADS"] == "1"

@@ -17,6 +17,7 @@ from typing import Any
 from finetune_contract.config import TrainerConfig, load_config
 from finetune_contract.outcomes import ExitCode, Failed, FailureReason, Succeeded, Validated
 
+from . import threads
 from .exitcodes import TrainerError
 from .outputs import write_termination_message
 
@@ -45,7 +46,6 @@ def _offline_defaults() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HOME", f"{scratch}/hf")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # With a read-only root filesystem the temp dir must live in scratch and exist before use.
     tmp = os.environ.get("TMPDIR")
     if tmp and tmp.startswith(scratch):
@@ -87,6 +87,7 @@ def train(cfg: TrainerConfig) -> Succeeded:
     from .s3io import S3
     from .validate import run_checks
 
+    threads.apply_to_torch(threads.configure(os.environ))
     preemption = training.Preemption()
     preemption.install()
     metrics = serve(create_metrics())
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     # Arguments first: `--help` needs nothing of the pod (no scratch volume, a read-only root).
     args = _parse_args(argv)
     _offline_defaults()
+    # Before torch or the tokenizers are imported: their pools read the sizes when they start.
+    threads.configure(os.environ)
     try:
         cfg = load_config(args.config)
     except (OSError, ValueError) as exc:

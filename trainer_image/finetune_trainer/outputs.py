@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_contract.config import TrainerConfig
+from finetune_contract.hyperparameters import ResolvedHyperparameters
 from finetune_contract.outcomes import Failed, Succeeded, Validated, render_summary
 from finetune_contract.uris import S3Uri
 
@@ -38,8 +39,22 @@ def write_report(s3: S3, cfg: TrainerConfig, name: str, payload: dict[str, Any],
     return uri
 
 
-def model_card(cfg: TrainerConfig, dataset_sha256: str, metrics: dict[str, Any], weight_file: str) -> str:
-    hp = cfg.hyperparameters.model_dump(by_alias=True, mode="json")
+def hyperparameters_in_force(cfg: TrainerConfig, resolved: ResolvedHyperparameters) -> dict[str, Any]:
+    """Every hyperparameter the run used: the spec's, with the automatic ones filled in."""
+    spec = cfg.hyperparameters.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {**spec, **resolved.model_dump(by_alias=True, mode="json")}
+
+
+def model_card(
+    cfg: TrainerConfig,
+    dataset_sha256: str,
+    metrics: dict[str, Any],
+    weight_file: str,
+    *,
+    hyperparameters: dict[str, Any],
+    published_step: int,
+) -> str:
+    hp = hyperparameters
     method = cfg.method.model_dump(by_alias=True, mode="json")
     base = cfg.base_model.uri
     rows = "\n".join(
@@ -55,8 +70,8 @@ tags: [finetune-operator, {cfg.method.type}]
 Fine-tuned with finetune-operator ({cfg.method.type}) from `{base}`.
 
 - Dataset: `{cfg.dataset.train}` (sha256 of the rows used: `{dataset_sha256}`)
-- Validation: `{cfg.dataset.validation or f"{cfg.dataset.effective_validation_split:g} of train"}`
-- Weights: `{weight_file}`
+- Validation: `{cfg.dataset.validation or "held out of train"}`
+- Weights: `{weight_file}`, from step {published_step} of {hp.get("totalSteps")} (the lowest validation loss)
 
 ## Method
 ```json
@@ -64,6 +79,7 @@ Fine-tuned with finetune-operator ({cfg.method.type}) from `{base}`.
 ```
 
 ## Hyperparameters
+Chosen automatically from the data: {", ".join(hp.get("auto") or []) or "none"}.
 ```json
 {json.dumps(hp, indent=2)}
 ```
@@ -90,6 +106,8 @@ def save_adapter(
     *,
     dataset_sha256: str,
     metrics: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    published_step: int,
 ) -> tuple[Path, str]:
     """Save adapter (or the full model), tokenizer + chat template and model card; return weights + sha256."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -106,7 +124,15 @@ def save_adapter(
         weights = dest / "model.safetensors"
         if not weights.exists():
             weights = sorted(dest.glob("*.safetensors"))[0]
-    (dest / "README.md").write_text(model_card(cfg, dataset_sha256, metrics, weights.name))
+    card = model_card(
+        cfg,
+        dataset_sha256,
+        metrics,
+        weights.name,
+        hyperparameters=hyperparameters,
+        published_step=published_step,
+    )
+    (dest / "README.md").write_text(card)
     return weights, sha256_file(weights)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from finetune_contract.config import TrainerConfig
+from finetune_contract.hyperparameters import ResolvedHyperparameters
 from finetune_contract.outcomes import CheckpointRef, Succeeded
 from finetune_contract.uris import S3Uri
 from transformers import (
@@ -32,6 +33,7 @@ from transformers import (
 )
 
 from . import evaluate, outputs
+from .best import BestWeights
 from .checkpoints import CheckpointStore
 from .exitcodes import InvalidInputError, PreemptedError
 from .metrics_server import TrainerMetrics
@@ -115,15 +117,17 @@ def unfrozen_layer_count(epoch: float, total_epochs: float, n_layers: int) -> in
 
 
 class ContractCallback(TrainerCallback):
-    """Metrics, train log, S3 checkpoints, SIGTERM, early stopping, gradual unfreezing."""
+    """Metrics, train log, S3 checkpoints, SIGTERM, best weights, early stopping, gradual unfreezing."""
 
     def __init__(
         self,
         cfg: TrainerConfig,
+        resolved: ResolvedHyperparameters,
+        *,
         store: CheckpointStore,
+        best: BestWeights,
         metrics: TrainerMetrics,
         preemption: Preemption,
-        *,
         n_train: int,
         log_sink: list[dict[str, Any]],
         s3: S3,
@@ -131,14 +135,15 @@ class ContractCallback(TrainerCallback):
         counter: TokenCounter,
     ) -> None:
         self.cfg = cfg
+        self.resolved = resolved
         self.store = store
+        self.best = best
         self.metrics = metrics
         self.preemption = preemption
         self.n_train = n_train
         self.log_sink = log_sink
         self.s3 = s3
         self.layers = layers
-        self.best_eval: float | None = None
         self.bad_evals = 0
         self.early_stopped = False
         self._last_time = time.monotonic()
@@ -159,15 +164,16 @@ class ContractCallback(TrainerCallback):
         self._counted = self.counter.tokens
         self._last_tokens = state.num_input_tokens_seen
         self._last_time = time.monotonic()
-        # Early-stopping state is rebuilt from the restored log history, so it survives a resume.
+        # The best evaluation and the early-stopping count are rebuilt from the restored log history,
+        # so they survive a resume (that best's weights went to S3 before its checkpoint did).
         for entry in state.log_history:
             if "eval_loss" in entry:
-                self._observe_eval(float(entry["eval_loss"]))
+                self._observe_eval(int(entry.get("step", 0)), float(entry["eval_loss"]), None)
 
     def on_step_begin(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if not self.layers:
             return
-        count = unfrozen_layer_count(state.epoch or 0.0, self.cfg.hyperparameters.epochs, len(self.layers))
+        count = unfrozen_layer_count(state.epoch or 0.0, self.resolved.epochs, len(self.layers))
         if count == self._unfrozen:
             return
         # Frozen params keep requires_grad=False, so they get no gradient and AdamW skips them;
@@ -193,8 +199,10 @@ class ContractCallback(TrainerCallback):
             self.metrics.tokens_per_second.set(rate)
             self._last_time, self._last_tokens = now, state.num_input_tokens_seen
         if state.global_step >= state.max_steps:
-            # A final checkpoint lets a pod that dies during evaluation or upload skip retraining.
+            # A final checkpoint lets a pod that dies during evaluation or upload skip retraining; a
+            # final evaluation lets the last step compete for the best.
             control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"
         if self.preemption.requested:
             control.should_save = True
             control.should_training_stop = True
@@ -219,9 +227,9 @@ class ContractCallback(TrainerCallback):
             self.metrics.learning_rate.set(float(logs["learning_rate"]))
         log.info("%s", json.dumps(entry))
 
-    def _observe_eval(self, loss: float) -> None:
-        if self.best_eval is None or loss < self.best_eval - 1e-4:
-            self.best_eval, self.bad_evals = loss, 0
+    def _observe_eval(self, step: int, loss: float, model: Any | None) -> None:
+        if self.best.observe(step, loss, model):
+            self.bad_evals = 0
         else:
             self.bad_evals += 1
 
@@ -236,7 +244,7 @@ class ContractCallback(TrainerCallback):
         self._counted = self.counter.tokens
         if not metrics or "eval_loss" not in metrics:
             return
-        self._observe_eval(float(metrics["eval_loss"]))
+        self._observe_eval(state.global_step, float(metrics["eval_loss"]), kw.get("model"))
         patience = self.cfg.hyperparameters.patience
         if patience and self.bad_evals >= patience:
             log.info("early stopping: validation loss has not improved for %d evaluations", self.bad_evals)
@@ -248,6 +256,8 @@ class ContractCallback(TrainerCallback):
         local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         uploading = CheckpointRef(step=state.global_step, complete=False)
         self.metrics.report_checkpoints([*self.checkpoints, uploading])
+        # The best weights first: a complete checkpoint's history never names a best that S3 lacks.
+        self.best.upload()
         self.store.upload(local, state.global_step)
         self.checkpoints = self.store.refs()
         self.metrics.report_checkpoints(self.checkpoints)
@@ -259,33 +269,31 @@ class ContractCallback(TrainerCallback):
 # --- the run ---------------------------------------------------------------------------------
 
 
-def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int) -> int:
-    return max(1, math.ceil(math.ceil(n_train / batch_size) / grad_accum))
-
-
-def training_arguments(cfg: TrainerConfig, scratch: Path, device: str, n_train: int, has_eval: bool) -> Any:
+def training_arguments(
+    cfg: TrainerConfig, resolved: ResolvedHyperparameters, scratch: Path, device: str, has_eval: bool
+) -> Any:
     hp = cfg.hyperparameters
-    per_epoch = steps_per_epoch(n_train, hp.batch_size, hp.gradient_accumulation_steps)
-    total = math.ceil(per_epoch * hp.epochs)
-    if hp.max_steps is not None:
-        total = min(total, hp.max_steps)
-    # Two evaluations per epoch: often enough for early stopping to act, cheap next to training.
-    eval_steps = max(1, per_epoch // 2)
+    total = resolved.total_steps
+    # Evaluations twice per epoch and at least six per run: often enough for the best step to be near
+    # the true best and for early stopping to act; cheap next to training.
+    eval_steps = max(1, min(resolved.steps_per_epoch // 2, math.ceil(total / 6)))
     return TrainingArguments(
         output_dir=str(scratch / "checkpoints"),
-        num_train_epochs=hp.epochs,
-        # -1: the epochs decide; a cap stops training early (and warmup above is a share of it).
-        max_steps=hp.max_steps if hp.max_steps is not None else -1,
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        learning_rate=hp.learning_rate,
+        num_train_epochs=resolved.epochs,
+        # The resolved step count (epochs x steps per epoch, or maxSteps), so status and run agree.
+        max_steps=total,
+        per_device_train_batch_size=resolved.batch_size,
+        per_device_eval_batch_size=resolved.batch_size,
+        gradient_accumulation_steps=resolved.gradient_accumulation_steps,
+        learning_rate=resolved.learning_rate,
         lr_scheduler_type=hp.lr_scheduler.transformers_name,
-        warmup_steps=math.ceil(hp.warmup_ratio * total),
+        warmup_steps=resolved.warmup_steps,
         weight_decay=hp.weight_decay,
         max_grad_norm=hp.max_grad_norm,
         seed=hp.seed,
         data_seed=hp.seed,
+        # On a GPU: bf16 autocast. A full fine-tune's weights are loaded in fp32 (model_loading), so the
+        # optimizer updates fp32 master weights and small updates do not round away.
         bf16=device == "cuda",
         use_cpu=device == "cpu",
         logging_strategy="steps",
@@ -317,8 +325,10 @@ def run_training(
     preemption: Preemption,
 ) -> dict[str, Any]:
     hp = cfg.hyperparameters
+    resolved = prepared.resolved
     device = "cuda" if torch.cuda.is_available() else "cpu"
     set_seed(hp.seed)
+    log.info("hyperparameters: %s", resolved.model_dump_json())
     log.info("loading base model %s on %s", cfg.base_model.uri, device)
     model = apply_method(load_model(prepared.model, cfg.method.type, device), cfg)
     if preemption.requested:
@@ -347,14 +357,17 @@ def run_training(
         if hp.packing
         else PaddingCollator(tokenizer.pad_token_id, counter)
     )
-    args = training_arguments(cfg, scratch, device, len(prepared.train_examples), bool(prepared.val_examples))
+    args = training_arguments(cfg, resolved, scratch, device, bool(prepared.val_examples))
+    best = BestWeights(s3, cfg.output_prefix, scratch, full=cfg.method.type == "full")
     log_sink: list[dict[str, Any]] = []
     layers = decoder_layers(model) if hp.gradual_unfreezing else None
     callback = ContractCallback(
         cfg,
-        store,
-        metrics,
-        preemption,
+        resolved,
+        store=store,
+        best=best,
+        metrics=metrics,
+        preemption=preemption,
         n_train=len(prepared.train_examples),
         log_sink=log_sink,
         s3=s3,
@@ -382,7 +395,8 @@ def run_training(
             checkpoints=callback.checkpoints,
         )
 
-    log.info("training done at step %d; evaluating", state.global_step)
+    published_step = best.restore(model, state.global_step)
+    log.info("training done at step %d; evaluating the weights of step %d", state.global_step, published_step)
     eval_report = _final_eval(cfg, model, tokenizer, prepared, base_full)
     train_losses = [e["loss"] for e in state.log_history if "loss" in e]
     trained_tokens = state.num_input_tokens_seen
@@ -404,6 +418,7 @@ def run_training(
         "eval": eval_report,
         "metrics": summary_metrics,
         "earlyStopped": callback.early_stopped,
+        "publishedStep": published_step,
         "resumedFromStep": resume[0] if resume else None,
         "trainSeconds": round(train_seconds, 1),
         "log": log_sink,
@@ -510,6 +525,7 @@ def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: 
     """Upload adapter (or model), sha256, eval.json and result.json; return the summary."""
     folder = "model" if cfg.method.type == "full" else "adapter"
     local = scratch / "output" / folder
+    hyperparameters = outputs.hyperparameters_in_force(cfg, prepared.resolved)
     weights, digest = outputs.save_adapter(
         run["model"],
         prepared.tokenizer,
@@ -517,6 +533,8 @@ def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: 
         local,
         dataset_sha256=prepared.dataset_sha256,
         metrics=run["metrics"],
+        hyperparameters=hyperparameters,
+        published_step=run["publishedStep"],
     )
     out = S3Uri.parse(cfg.output_prefix)
     s3.upload_dir(local, out.join(folder + "/"))
@@ -532,19 +550,21 @@ def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: 
             "epoch": round(state.epoch or 0.0, 3),
             **run["metrics"],
             "earlyStopped": run["earlyStopped"],
+            "publishedStep": run["publishedStep"],
             "resumedFromStep": run["resumedFromStep"],
             "trainSeconds": run["trainSeconds"],
             "adapterURI": str(out.join(folder + "/")),
             "sha256": digest,
             "reportURI": str(out.join("reports/result.json")),
             "checkpoints": run["checkpoints"],
+            "hyperparameters": prepared.resolved,
         }
     )
     result = {
         **summary.model_dump(mode="json", by_alias=True, exclude_none=True),
         "job": cfg.job.model_dump(by_alias=True),
         "method": cfg.method.model_dump(by_alias=True, mode="json"),
-        "hyperparameters": cfg.hyperparameters.model_dump(by_alias=True, mode="json"),
+        "hyperparameters": hyperparameters,
         "datasetSha256": prepared.dataset_sha256,
         "eval": run["eval"],
     }

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_contract.config import TrainerConfig
+from finetune_contract.hyperparameters import DataShape, ResolvedHyperparameters, resolve, validation_rows
 from finetune_contract.outcomes import FailureReason, TokenStats, Validated
 from finetune_contract.spec import DatasetFormat
 from finetune_contract.uris import S3Uri
@@ -43,6 +44,7 @@ class Prepared:
     val_rows: list[data.Row]
     train_examples: list[data.Example]
     val_examples: list[data.Example]
+    resolved: ResolvedHyperparameters
     eval_rows: list[data.Row] = field(default_factory=list)
     dataset_sha256: str = ""
 
@@ -52,6 +54,7 @@ class Report:
     errors: list[data.Issue] = field(default_factory=list)
     warnings: list[data.Issue] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    resolved: ResolvedHyperparameters | None = None
 
     @property
     def valid(self) -> bool:
@@ -65,6 +68,7 @@ class Report:
             "errors": [e.as_dict() for e in self.errors[:MAX_LISTED]],
             "warnings": [w.as_dict() for w in self.warnings[:MAX_LISTED]],
             **self.info,
+            **({"hyperparameters": self.resolved.model_dump(mode="json")} if self.resolved else {}),
         }
 
     def failure(self) -> InvalidInputError:
@@ -85,6 +89,7 @@ class Report:
             tokens=stats.total_tokens,
             train=stats,
             warnings=len(self.warnings),
+            hyperparameters=self.resolved,
         )
 
     def summary(self) -> str:
@@ -202,14 +207,15 @@ def _tokenize(
 
 
 def split_validation(
-    rows: list[data.Row], fraction: float, seed: int
+    rows: list[data.Row], fraction: float | None, seed: int
 ) -> tuple[list[data.Row], list[data.Row]]:
-    """Deterministic split (same seed, same rows → same split, also after a restart)."""
-    if fraction <= 0 or len(rows) < 2:
+    """Deterministic split (same seed, same rows → same split, also after a restart); `fraction` is
+    dataset.validationSplit, None for the automatic size (see `validation_rows`)."""
+    n_val = validation_rows(len(rows), fraction)
+    if n_val == 0:
         return rows, []
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)  # noqa: S311  (a reproducible split, not a secret)
-    n_val = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
     val_idx = set(order[:n_val])
     return [r for i, r in enumerate(rows) if i not in val_idx], [
         r for i, r in enumerate(rows) if i in val_idx
@@ -284,9 +290,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
             )
         report.info["overlap"] = len(overlap)
     else:
-        train_rows, val_rows = split_validation(
-            train_rows, cfg.dataset.effective_validation_split or 0.0, hp.seed
-        )
+        train_rows, val_rows = split_validation(train_rows, cfg.dataset.validation_split, hp.seed)
         report.info["overlap"] = 0
     if not train_rows:
         report.errors.append(data.Issue("train", None, "no valid training rows"))
@@ -312,16 +316,21 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
             if val_file
             else {
                 "splitFrom": "train",
-                "fraction": cfg.dataset.effective_validation_split,
+                "fraction": cfg.dataset.validation_split or "auto",
                 "rows": len(val_rows),
             }
         ),
     }
+    train_stats = _length_stats(train_examples, hp.max_seq_length)
     report.info["tokens"] = {
         "maxSeqLength": hp.max_seq_length,
-        "train": _length_stats(train_examples, hp.max_seq_length),
+        "train": train_stats,
         "validation": _length_stats(val_examples, hp.max_seq_length),
     }
+    resolved = resolve(
+        hp, cfg.method.type, DataShape(rows=len(train_examples), p95_tokens=train_stats.get("p95Tokens", 0))
+    )
+    report.resolved = resolved
 
     eval_rows: list[data.Row] = []
     if cfg.dataset.test:
@@ -343,6 +352,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
         val_rows=val_rows,
         train_examples=train_examples,
         val_examples=val_examples,
+        resolved=resolved,
         eval_rows=eval_rows,
         dataset_sha256=digest.hexdigest(),
     )

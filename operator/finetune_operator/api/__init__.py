@@ -34,6 +34,7 @@ from .status import (
     Outputs,
     Phase,
     Progress,
+    Resolved,
     Usage,
     format_eta,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "Phase",
     "Progress",
     "Reason",
+    "Resolved",
     "Resources",
     "Retries",
     "Storage",

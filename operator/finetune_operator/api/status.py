@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
+from finetune_contract.hyperparameters import ResolvedHyperparameters
 from finetune_contract.wire import Crd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
@@ -155,6 +156,17 @@ class Outputs(_StatusModel):
     """SHA-256 of adapter_model.safetensors (or model.safetensors), to pin what is served."""
     report_uri: Annotated[Uri | None, Field(alias="reportURI")] = None
     """The reports directory, <output.uri>reports/ (validation.json, eval.json, train_log.jsonl, result.json)."""
+    published_step: Int64 | None = None
+    """The training step whose weights were published: the one with the lowest validation loss (the
+    last step when there is no validation set)."""
+
+
+class Resolved(_StatusModel):
+    """What the job runs with, resolved by validation from the spec and the data."""
+
+    hyperparameters: ResolvedHyperparameters | None = None
+    """The hyperparameters in force: the spec's values, the unset ones chosen from the data (listed in
+    auto)."""
 
 
 class Usage(_StatusModel):
@@ -226,6 +238,7 @@ class FineTuneJobStatus(_StatusModel):
     ] = Field(default_factory=list)
     """Checkpoints in output.uri, oldest first (at most checkpointing.keep complete ones), as the trainer
     reports them from what it wrote to and found in S3."""
+    resolved: Resolved | None = None
     outputs: Outputs | None = None
     usage: Usage | None = None
     estimate: Estimate | None = None
