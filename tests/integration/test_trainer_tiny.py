@@ -306,3 +306,89 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
     # ... and the train log on S3 holds the whole history across both pods.
     log = client.get_object(Bucket=bucket, Key="resumed/reports/train_log.jsonl")["Body"].read().decode()
     assert min(json.loads(line)["step"] for line in log.splitlines() if '"loss"' in line) <= 3
+
+
+def _off_task_rows(n: int, offset: int) -> list[dict[str, Any]]:
+    """Validation rows whose answers training makes less likely with every step: the best evaluation
+    is an early one, not the last."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"What color is item {i}?"},
+                {"role": "assistant", "content": "Zebra quantum marmalade, seventeen violins."},
+            ]
+        }
+        for i in range(offset, offset + n)
+    ]
+
+
+def _eval_losses(client: Any, bucket: str, out: str) -> dict[int, float]:
+    log = client.get_object(Bucket=bucket, Key=f"{out}/reports/train_log.jsonl")["Body"].read().decode()
+    entries = [json.loads(line) for line in log.splitlines()]
+    return {e["step"]: e["eval_loss"] for e in entries if "eval_loss" in e}
+
+
+def test_the_best_evaluation_is_published_and_early_stopping_restores_it(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
+    val = put_jsonl(client, bucket, "data/offtask.jsonl", _off_task_rows(8, offset=500))
+    cfg = base_config(bucket, tiny["model"], train, val, "best")
+    cfg["hyperparameters"]["earlyStopping"] = {"patience": 2}
+    run = run_trainer("train", write_config(tmp_path / "best.json", cfg), s3_env, tmp_path / "scratch")
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = run.termination
+
+    losses = _eval_losses(client, bucket, "best")
+    best_step = min(losses, key=lambda s: (losses[s], s))
+    last_eval = max(losses)
+    assert summary["earlyStopped"] is True
+    assert summary["step"] == last_eval < summary["totalSteps"]
+    # Two evaluations without improvement after the best, then the best's weights were restored.
+    assert sorted(losses).index(last_eval) - sorted(losses).index(best_step) == 2
+    assert summary["publishedStep"] == best_step < summary["step"]
+    result = get_json(client, bucket, "best/reports/result.json")
+    assert result["publishedStep"] == best_step
+    # The published adapter is scored as the best step scored, not as the last one.
+    tuned = result["eval"]["validation"]["tunedLoss"]
+    assert tuned == pytest.approx(losses[best_step], rel=0.05)
+    assert tuned < losses[last_eval]
+    card = client.get_object(Bucket=bucket, Key="best/adapter/README.md")["Body"].read().decode()
+    assert f"from step {best_step} " in card
+
+
+def test_a_resumed_run_publishes_a_best_step_saved_by_the_pod_before(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
+    val = put_jsonl(client, bucket, "data/offtask.jsonl", _off_task_rows(8, offset=500))
+    cfg = base_config(bucket, tiny["model"], train, val, "bestresume")
+    cfg["checkpointing"] = {"everySteps": 3, "keep": 2}
+    path = write_config(tmp_path / "config.json", cfg)
+
+    scratch = tmp_path / "first"
+    proc = start_trainer("train", path, s3_env, scratch)
+    deadline = time.monotonic() + 180
+    # Stop once a checkpoint after the first evaluation (step 7 of 40: evaluations every 7 steps) exists.
+    while not any(
+        k.endswith("/COMPLETE") and int(k.split("/")[2][5:]) >= 9
+        for k in list_keys(client, bucket, "bestresume/checkpoints/")
+    ):
+        assert proc.poll() is None, "trainer exited before the checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc, scratch).returncode == 76
+    assert "bestresume/checkpoints/best/BEST" in list_keys(client, bucket, "bestresume/checkpoints/best/")
+
+    second = run_trainer("train", path, s3_env, tmp_path / "second")
+    assert second.returncode == 0, second.stderr[-3000:]
+    losses = _eval_losses(client, bucket, "bestresume")
+    best_step = min(losses, key=lambda s: (losses[s], s))
+    assert best_step < second.termination["resumedFromStep"]
+    assert second.termination["publishedStep"] == best_step
+    assert f"restored the weights of step {best_step}" in second.stderr
+    tuned = get_json(client, bucket, "bestresume/reports/result.json")["eval"]["validation"]["tunedLoss"]
+    assert tuned == pytest.approx(losses[best_step], rel=0.05)

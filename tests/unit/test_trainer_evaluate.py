@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_trainer.evaluate import first_line, is_match, normalize
+from finetune_trainer.evaluate import first_line, is_match, is_strict_match, normalize
 
 
 def test_normalize_case_punctuation_whitespace() -> None:
@@ -29,3 +29,18 @@ def test_is_match(generation: str, reference: str, expected: bool) -> None:
 
 def test_first_line_skips_blank_lines() -> None:
     assert first_line("\n  \nanswer\nrest") == "answer"
+
+
+@pytest.mark.parametrize(
+    ("generation", "reference", "expected"),
+    [
+        ("billing", "billing", True),
+        ("Billing.\nMore text on the next line", "billing", True),
+        ("This is a billing question.", "billing", False),  # lenient match counts it; strict does not
+        ("billing/shipping", "billing", False),
+        ("", "billing", False),
+        ("anything", "", False),
+    ],
+)
+def test_is_strict_match(generation: str, reference: str, expected: bool) -> None:
+    assert is_strict_match(generation, reference) is expected

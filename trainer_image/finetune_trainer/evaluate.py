@@ -3,7 +3,9 @@
 Exact match is lenient on purpose, and the report says so: both strings are normalised
 (lower case, punctuation dropped, whitespace collapsed) and a generation counts when the
 normalised reference is contained in the normalised first line of the generation, because
-chat models wrap short answers in a sentence ("The capital is Paris.").
+chat models wrap short answers in a sentence ("The capital is Paris."). Strict match, reported
+next to it, counts a generation only when its normalised first line is the reference and nothing
+else: the measure for labels and fixed output formats.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .packing import PaddingCollator
 
 MATCH_RULE = (
     "normalised (lower case, punctuation and symbols removed, whitespace collapsed) reference contained in "
-    "the normalised first non-empty line of the greedy generation"
+    "the normalised first non-empty line of the greedy generation; strictMatch: that line equal to the "
+    "normalised reference"
 )
 
 
@@ -44,6 +47,11 @@ def is_match(generation: str, reference: str) -> bool:
         return False
     gen = normalize(first_line(generation))
     return re.search(rf"(^| ){re.escape(ref)}($| )", gen) is not None
+
+
+def is_strict_match(generation: str, reference: str) -> bool:
+    ref = normalize(reference)
+    return bool(ref) and normalize(first_line(generation)) == ref
 
 
 @torch.no_grad()
@@ -136,9 +144,11 @@ def exact_match(
         return {"rows": 0}
     generations, ms_per_token = generate_answers(model, tokenizer, [p for p, _ in pairs], max_new_tokens)
     matches = [is_match(g, ref) for g, (_, ref) in zip(generations, pairs, strict=True)]
+    strict = [is_strict_match(g, ref) for g, (_, ref) in zip(generations, pairs, strict=True)]
     return {
         "rows": len(pairs),
         "exactMatch": round(sum(matches) / len(matches), 4),
+        "strictMatch": round(sum(strict) / len(strict), 4),
         "msPerToken": round(ms_per_token, 2),
         "samples": [
             {"reference": ref, "generation": first_line(g)[:200], "match": m}

@@ -71,7 +71,8 @@ Fine-tuned with finetune-operator ({cfg.method.type}) from `{base}`.
 
 - Dataset: `{cfg.dataset.train}` (sha256 of the rows used: `{dataset_sha256}`)
 - Validation: `{cfg.dataset.validation or "held out of train"}`
-- Weights: `{weight_file}`, from step {published_step} of {hp.get("totalSteps")} (the lowest validation loss)
+- Weights: `{weight_file}`, from step {published_step} of {hp.get("totalSteps")} (the evaluation with the
+  lowest validation loss)
 
 ## Method
 ```json

@@ -1,0 +1,145 @@
+"""Quality with no hyperparameters: each examples/quality set through the operator, base vs tuned.
+
+Each job names only a base model (SmolLM2-135M-Instruct), a training set, a held-out test set and an
+output: epochs, learning rate, batch and warm-up are chosen by validation (docs/hyperparameters.md).
+Jobs run one after the other on the local environment (`make cluster-up`), and the scores are read
+from each job's status and reports/result.json. Knowledge sets (facts-*) are scored by the lenient
+exact match (the answer within the first line), behaviour sets (routing-*) by strict match (the first
+line is the label and nothing else).
+
+    python bench/quality_bench.py [--sets facts-100 routing-100 ...] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from localcluster.demo import (
+    MODEL_KEY,
+    SECRET,
+    clear_previous_run,
+    create_secret,
+    follow,
+    kubectl,
+    load_env,
+    s3_client,
+    upload_inputs,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "examples" / "quality"
+DOCS = REPO / "docs" / "benchmarks.md"
+SETS = ("facts-100", "routing-100", "facts-1000", "routing-1000")
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+
+def job(name: str, data_set: str, endpoint: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": f"s3://models/{MODEL_KEY}"},
+            "dataset": {
+                "train": f"s3://datasets/quality/{data_set}/train.jsonl",
+                "test": f"s3://datasets/quality/{data_set}/test.jsonl",
+            },
+            "output": {"uri": f"s3://adapters/quality/{data_set}/"},
+            "storage": {"endpoint": endpoint, "credentialsSecretRef": {"name": SECRET}},
+        },
+    }
+
+
+def run_one(s3: Any, data_set: str, namespace: str, endpoint: str, timeout: float) -> dict[str, Any]:
+    for name in ("train.jsonl", "test.jsonl"):
+        s3.upload_file(str(DATA / data_set / name), "datasets", f"quality/{data_set}/{name}")
+    name = f"quality-{data_set}"
+    body = job(name, data_set, endpoint)
+    clear_previous_run(s3, name, namespace, body["spec"]["output"]["uri"])
+    started = time.monotonic()
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(body))
+    obj = follow(name, namespace, timeout)
+    minutes = (time.monotonic() - started) / 60
+    status = obj.get("status") or {}
+    if status.get("phase") != "Succeeded":
+        raise SystemExit(f"{name} ended {status.get('phase')}: {status.get('message')}")
+    result = json.loads(
+        s3.get_object(Bucket="adapters", Key=f"quality/{data_set}/reports/result.json")["Body"].read()
+    )
+    scores = result["eval"]["exactMatch"]["heldout"]
+    key = "strictMatch" if data_set.startswith("routing") else "exactMatch"
+    resolved = (status.get("resolved") or {}).get("hyperparameters") or {}
+    return {
+        "set": data_set,
+        "rule": "strict" if key == "strictMatch" else "lenient",
+        "rows": resolved.get("trainingRows"),
+        "base": scores["base"][key],
+        "tuned": scores["tuned"][key],
+        "baseLoss": result["eval"]["validation"]["baseLoss"],
+        "tunedLoss": result["eval"]["validation"]["tunedLoss"],
+        "hp": (
+            f"{resolved.get('epochs')} ep x {resolved.get('stepsPerEpoch')} steps, batch "
+            f"{resolved.get('effectiveBatchSize')}, lr {resolved.get('learningRate')}"
+        ),
+        "published": f"{result.get('publishedStep')}/{result.get('totalSteps')}",
+        "minutes": round(minutes, 1),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| set | match rule | training rows | resolved | published step | base | tuned | val. loss base → tuned "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['set']} | {r['rule']} | {r['rows']} | {r['hp']} | {r['published']} | {r['base']:.2f} "
+            f"| {r['tuned']:.2f} | {r['baseLoss']:.3f} → {r['tunedLoss']:.3f} | {r['minutes']} |"
+        )
+    return "\n".join(out)
+
+
+def write_docs(text: str) -> None:
+    doc = DOCS.read_text()
+    if BEGIN in doc:
+        head, rest = doc.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        doc = f"{head}{BEGIN}\n{text}\n{END}{after}"
+    else:
+        doc += f"\n{BEGIN}\n{text}\n{END}\n"
+    DOCS.write_text(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/quality_bench.py", description=__doc__)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--endpoint", default="http://127.0.0.1:18333")
+    parser.add_argument("--timeout", type=float, default=7200)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    load_env()
+    s3 = s3_client()
+    upload_inputs(s3)
+    create_secret(args.namespace)
+    rows = [run_one(s3, s, args.namespace, args.endpoint, args.timeout) for s in args.sets]
+    text = table(rows)
+    print(text)
+    if args.write_docs:
+        command = "python bench/quality_bench.py --write-docs --sets " + " ".join(args.sets)
+        write_docs(f"Command: `{command}` (one job at a time, 2 CPU cores, no GPU).\n\n{text}")
+    failed = [r["set"] for r in rows if r["tuned"] < r["base"] + 0.3]
+    if failed:
+        print(f"tuned not far above base on: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
