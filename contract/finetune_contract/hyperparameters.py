@@ -162,7 +162,9 @@ def resolve(hp: Hyperparameters, method: MethodType, data: DataShape) -> Resolve
         auto.append("batchSize")
     accum = hp.gradient_accumulation_steps
     if accum is None:
-        accum = max(1, math.ceil(target / micro))
+        # A batchSize the user sets is the batch they want; otherwise accumulation makes up the
+        # automatic batch that the memory cap kept out of one forward pass.
+        accum = 1 if hp.batch_size is not None else max(1, math.ceil(target / micro))
         auto.append("gradientAccumulationSteps")
     effective = micro * accum
     per_epoch = max(1, math.ceil(math.ceil(rows / micro) / accum))

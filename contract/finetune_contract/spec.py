@@ -587,8 +587,9 @@ class Hyperparameters(WireModel):
     passes of at most 8,192 tokens (at the 95th percentile length)."""
 
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
-    """Forward passes whose gradients are summed before each optimizer step (1-1024). Unset: what
-    reaches the automatic effective batch with the batchSize in force."""
+    """Forward passes whose gradients are summed before each optimizer step (1-1024). Unset: 1 when
+    batchSize is set; otherwise what makes up the automatic effective batch when the memory cap keeps
+    part of it out of one forward pass."""
 
     max_seq_length: Annotated[int, Field(ge=16, le=131072)] = 2048
     """Tokens per sequence; longer examples are truncated (16-131072, default 2048)."""

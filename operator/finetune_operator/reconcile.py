@@ -305,7 +305,8 @@ def _validate(
 def describe_resolved(r: ResolvedHyperparameters) -> str:
     """One line for the Validated condition: what training will run, and what was chosen for the user."""
     text = (
-        f"training {r.epochs} epochs x {r.steps_per_epoch} steps (batch {r.effective_batch_size}, "
+        f"training {r.epochs} epoch{'s' if r.epochs != 1 else ''} x {r.steps_per_epoch} steps "
+        f"(batch {r.effective_batch_size}, "
         f"learning rate {r.learning_rate:g}, {r.warmup_steps} warm-up steps)"
     )
     if r.auto:

@@ -92,7 +92,8 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
     env: dict[str, str], s3_env: dict[str, str], operator: ops.Operator
 ) -> None:
     ns, bucket = env["namespace"], env["bucket"]
-    # 400 rows, 40 held out: 180 steps of batch 2 in one epoch, a checkpoint every 15.
+    # 400 rows, 50 held out (the automatic split's floor): 175 steps of batch 2 in one epoch, a
+    # checkpoint every 15.
     job = manifest(env, s3_env, "real", chat_rows(400), epochs=1, batch_size=2, every_steps=15)
     job["spec"]["checkpointing"]["keep"] = 2
     ops.apply(job)
@@ -106,10 +107,21 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
         ops.s3_client(s3_env).get_object(Bucket=bucket, Key="out/real/reports/validation.json")["Body"].read()
     )
     assert estimate["tokens"] == report["tokens"]["train"]["totalTokens"] * 1  # x epochs
-    assert estimate["tokens"] > 360 * 10  # 360 training rows of well over 10 tokens each
+    assert estimate["tokens"] > 350 * 10  # 350 training rows of well over 10 tokens each
     assert "gpuHours" in estimate
     message = ops.condition(validated, "Validated")["message"]  # type: ignore[index]
-    assert "360 training rows" in message, message
+    assert "350 training rows" in message, message
+    # What will run: the spec's values, the rest chosen from the data, in status and in the message.
+    resolved = validated["status"]["resolved"]["hyperparameters"]
+    assert resolved == report["hyperparameters"]
+    assert (resolved["epochs"], resolved["batchSize"], resolved["learningRate"]) == (1, 2, "0.003")
+    assert (resolved["gradientAccumulationSteps"], resolved["totalSteps"], resolved["warmupSteps"]) == (
+        1,
+        175,
+        0,
+    )
+    assert resolved["auto"] == ["gradientAccumulationSteps"]
+    assert "training 1 epoch x 175 steps (batch 2, learning rate 0.003" in message, message
 
     # Suspend once a checkpoint is complete and training is well short of the end.
     def mid_run() -> dict[str, Any] | None:
@@ -123,7 +135,7 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
     running = wait_for(mid_run, 300, "a complete checkpoint mid-run", interval=0.5)
     before = max(c["step"] for c in running["checkpoints"] if c["complete"])
     progress = running["progress"]
-    assert progress["totalSteps"] == 180
+    assert progress["totalSteps"] == 175
     assert 0 < progress["percent"] < 100
     assert running["checkpoints"][0]["uri"].startswith(f"s3://{bucket}/out/real/checkpoints/step-")
     kubectl("patch", "ftj", "real", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
@@ -148,7 +160,7 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
     obj = ops.wait_phase("real", ns, {"Succeeded", "Failed"}, 600, operator)
     st = obj["status"]
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
-    assert st["progress"]["step"] == st["progress"]["totalSteps"] == 180
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] == 175
     assert st["outputs"]["adapterURI"] == f"s3://{bucket}/out/real/adapter/"
     assert len(st["outputs"]["sha256"]) == 64
     metrics = st["metrics"]
@@ -159,7 +171,7 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
     assert metrics["baseEvalPerplexity"]
     # keep 2: the two newest complete checkpoints, as they are in S3
     steps = [c["step"] for c in st["checkpoints"]]
-    assert steps == [165, 180], st["checkpoints"]
+    assert steps == [165, 175], st["checkpoints"]
     assert all(c["complete"] and c["createdAt"] for c in st["checkpoints"])
     keys = {
         o["Key"]
@@ -167,10 +179,13 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
             "Contents"
         ]
     }
-    assert {k.split("/")[3] for k in keys} == {"step-165", "step-180"}
+    # ... and the best evaluation's weights beside them
+    assert {k.split("/")[3] for k in keys} == {"step-165", "step-175", "best"}
     result = json.loads(
         ops.s3_client(s3_env).get_object(Bucket=bucket, Key="out/real/reports/result.json")["Body"].read()
     )
+    # The published weights are the best evaluation's, and status names the step.
+    assert 1 <= st["outputs"]["publishedStep"] == result["publishedStep"] <= 175
     # The second run started from the newest checkpoint: the one saved on SIGTERM, at or after `before`.
     assert result["resumedFromStep"] >= max(saved) >= before > 0
     assert st["usage"]["gpuSeconds"] > 0

@@ -68,7 +68,11 @@ def test_lora_chat_end_to_end(tiny: dict[str, Any], s3_env: dict[str, str], tmp_
     for report in ("validation.json", "eval.json", "result.json", "train_log.jsonl"):
         assert f"chat/reports/{report}" in keys
     # Checkpoints: the last `keep` complete ones remain, each with its marker.
-    assert {k.split("/")[2] for k in keys if k.startswith("chat/checkpoints/")} == {"step-8", "step-12"}
+    assert {k.split("/")[2] for k in keys if k.startswith("chat/checkpoints/")} == {
+        "step-8",
+        "step-12",
+        "best",
+    }
     assert "chat/checkpoints/step-12/COMPLETE" in keys
 
     result = get_json(client, bucket, "chat/reports/result.json")

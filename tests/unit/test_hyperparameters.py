@@ -78,9 +78,9 @@ def test_values_the_user_sets_win() -> None:
     assert r.auto == []
 
 
-def test_a_set_batch_size_gets_accumulation_towards_the_automatic_batch() -> None:
+def test_a_set_batch_size_is_the_batch_and_a_set_accumulation_shares_the_automatic_one() -> None:
     r = resolve(Hyperparameters(batch_size=2), MethodType.LORA, DataShape(rows=900, p95_tokens=SHORT))
-    assert (r.batch_size, r.gradient_accumulation_steps) == (2, 4)
+    assert (r.batch_size, r.gradient_accumulation_steps) == (2, 1)
     r = resolve(
         Hyperparameters(gradient_accumulation_steps=4), MethodType.LORA, DataShape(rows=900, p95_tokens=SHORT)
     )
