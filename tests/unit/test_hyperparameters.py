@@ -16,21 +16,22 @@ SHORT = 150  # tokens at the 95th percentile: short instruction pairs
 
 
 @pytest.mark.parametrize(
-    ("rows", "held_out", "epochs", "batch", "accum", "steps", "warmup"),
+    ("rows", "held_out", "expected"),  # expected: epochs, batch, accumulation, steps, warm-up
     [
         # 20 pairs: 4 held out (20%), batch 1, 7 passes so the run gets ~100 optimizer steps.
-        (20, 4, 7, 1, 1, 112, 10),
+        (20, 4, (7, 1, 1, 112, 10)),
         # 100 pairs: 20 held out, batch 4, 5 passes: 100 steps.
-        (100, 20, 5, 4, 1, 100, 10),
+        (100, 20, (5, 4, 1, 100, 10)),
         # 1,000 pairs: 100 held out, batch 8, the usual 3 passes.
-        (1000, 100, 3, 8, 1, 339, 11),
+        (1000, 100, (3, 8, 1, 339, 11)),
         # 50,000 pairs: 1,000 held out (the cap), batch 64 (32 x 2 to fit 8,192 tokens), one pass.
-        (50_000, 1000, 1, 32, 2, 766, 23),
+        (50_000, 1000, (1, 32, 2, 766, 23)),
     ],
 )
 def test_values_for_each_dataset_size(
-    rows: int, held_out: int, epochs: int, batch: int, accum: int, steps: int, warmup: int
+    rows: int, held_out: int, expected: tuple[int, int, int, int, int]
 ) -> None:
+    epochs, batch, accum, steps, warmup = expected
     assert validation_rows(rows, None) == held_out
     r = resolve(AUTO, MethodType.LORA, DataShape(rows=rows - held_out, p95_tokens=SHORT))
     assert (r.epochs, r.batch_size, r.gradient_accumulation_steps) == (epochs, batch, accum)
@@ -100,8 +101,10 @@ def test_gradual_unfreezing_gets_at_least_two_epochs() -> None:
 
 @pytest.mark.parametrize(
     ("rows", "fraction", "held_out"),
-    [(0, None, 0), (1, None, 0), (2, None, 1), (10, None, 2), (300, None, 50), (5000, None, 500)]
-    + [(100_000, None, 1000), (100, 0.1, 10), (100_000, 0.1, 10_000), (3, 0.5, 2), (2, 0.01, 1)],
+    [
+        *[(0, None, 0), (1, None, 0), (2, None, 1), (10, None, 2), (300, None, 50), (5000, None, 500)],
+        *[(100_000, None, 1000), (100, 0.1, 10), (100_000, 0.1, 10_000), (3, 0.5, 2), (2, 0.01, 1)],
+    ],
 )
 def test_validation_split_has_a_floor_in_rows(rows: int, fraction: float | None, held_out: int) -> None:
     assert validation_rows(rows, fraction) == held_out

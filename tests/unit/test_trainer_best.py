@@ -34,7 +34,8 @@ def test_the_lowest_loss_wins_and_its_trainable_weights_come_back(tmp_path: Path
         _set(model, float(step))
         best.observe(step, loss, model)
     # step 6 is within the noise margin of step 4: the earlier one stays the best
-    assert best.best is not None and best.best.step == 4
+    assert best.best is not None
+    assert best.best.step == 4
     assert best.restore(model, last_step=8) == 4
     assert torch.all(model.adapter.weight == 4.0)
     # Frozen weights are not part of an adapter's best: they never changed, and stay as they are.
@@ -48,7 +49,8 @@ def test_a_full_fine_tune_keeps_every_weight(tmp_path: Path) -> None:
     _set(model, 2.0)
     best.observe(2, 0.9, model)
     assert best.restore(model, last_step=2) == 1
-    assert torch.all(model.frozen.weight == 1.0) and torch.all(model.adapter.bias == 1.0)
+    assert torch.all(model.frozen.weight == 1.0)
+    assert torch.all(model.adapter.bias == 1.0)
 
 
 def test_the_last_step_stays_when_it_is_the_best_or_nothing_was_evaluated(tmp_path: Path) -> None:
