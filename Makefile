@@ -115,7 +115,7 @@ demo: install
 # --- benchmarks (results and the commands in docs/benchmarks.md) -----------------------------
 
 .PHONY: bench
-bench: bench-trainer bench-operator
+bench: bench-trainer bench-threads bench-operator bench-quality
 
 .PHONY: bench-operator
 bench-operator: cluster-up
@@ -123,3 +123,10 @@ bench-operator: cluster-up
 .PHONY: bench-trainer
 bench-trainer: venv
 	$(PY) bench/trainer_bench.py --write-docs
+.PHONY: bench-threads
+bench-threads: venv
+	$(PY) bench/threads_bench.py --write-docs
+# Four fine-tunes of SmolLM2-135M through the operator with no hyperparameters (about an hour on 2 cores).
+.PHONY: bench-quality
+bench-quality: cluster-up
+	$(PY) bench/quality_bench.py --write-docs

@@ -112,7 +112,7 @@ def write_docs(text: str) -> None:
         after = rest.split(END, 1)[1]
         doc = f"{head}{BEGIN}\n{text}\n{END}{after}"
     else:
-        doc += f"\n{BEGIN}\n{text}\n{END}\n"
+        doc += f"\n## Quality with no hyperparameters\n\n{BEGIN}\n{text}\n{END}\n"
     DOCS.write_text(doc)
 
 
