@@ -145,6 +145,16 @@ def summary(obj: dict[str, Any], namespace: str) -> int:
     print(f"  adapter:            {out.get('adapterURI')}")
     print(f"  sha256:             {out.get('sha256')}")
     print(f"  report:             {out.get('reportURI')}")
+    hp = (status.get("resolved") or {}).get("hyperparameters") or {}
+    if hp:
+        print(
+            f"  hyperparameters:    {hp.get('epochs')} epochs x {hp.get('stepsPerEpoch')} steps, batch "
+            f"{hp.get('effectiveBatchSize')}, learning rate {hp.get('learningRate')} "
+            f"(chosen from the data: {', '.join(hp.get('auto') or []) or 'none'})"
+        )
+    print(
+        f"  published step:     {out.get('publishedStep')} of {progress.get('totalSteps')} (best validation loss)"
+    )
     print(f"  validation loss:    base {m.get('baseEvalLoss')} -> tuned {m.get('evalLoss')}")
     print(f"  exact match:        base {m.get('baseExactMatch')} -> tuned {m.get('exactMatch')}")
     print(f"  throughput:         {progress.get('tokensPerSecond')} tokens/s")
