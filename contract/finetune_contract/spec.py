@@ -518,8 +518,9 @@ class Method(WireModel):
 
 
 class EarlyStopping(WireModel):
-    """Optional: stop when the evaluation loss has not improved for patience evaluations in a row.
-    Evaluation runs at every checkpoint and at the end of every epoch."""
+    """Optional: stop when the validation loss has not improved for patience evaluations in a row; the
+    best evaluation's weights are published (as they are without early stopping). Evaluation runs twice
+    per epoch, at least six times per run, and at the last step."""
 
     patience: Annotated[int, Field(ge=1, le=100)]
     """Evaluations without improvement of the evaluation loss before stopping (1-100)."""
@@ -628,7 +629,7 @@ class Checkpointing(WireModel):
     preemption and resume after suspend continue from the last complete checkpoint. Immutable."""
 
     every_steps: Annotated[int, Field(ge=1, le=1_000_000), Crd(format="int64")] = 200
-    """Save (and evaluate) every this many optimizer steps (1-1000000, default 200), and always at the end."""
+    """Save a checkpoint every this many optimizer steps (1-1000000, default 200), and always at the end."""
 
     keep: Annotated[int, Field(ge=1, le=100)] = 3
     """Complete checkpoints kept; older ones are deleted (1-100, default 3)."""
