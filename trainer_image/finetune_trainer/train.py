@@ -36,6 +36,7 @@ from . import evaluate, outputs
 from .best import BestWeights
 from .checkpoints import CheckpointStore
 from .exitcodes import InvalidInputError, PreemptedError
+from .loss import KeepLabelledLogits, labelled_token_loss
 from .metrics_server import TrainerMetrics
 from .model_loading import load_model
 from .packing import PackingCollator, PaddingCollator, TokenCounter
@@ -352,7 +353,7 @@ def run_training(
         return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
 
     counter = TokenCounter()
-    collator: Any = (
+    collator = KeepLabelledLogits(
         PackingCollator(counter, pad_token_id=tokenizer.pad_token_id)
         if hp.packing
         else PaddingCollator(tokenizer.pad_token_id, counter)
@@ -381,6 +382,8 @@ def run_training(
         train_dataset=features(prepared.train_examples),
         eval_dataset=features(prepared.val_examples) or None,
         data_collator=collator,
+        # Logits only where a token is predicted (loss.py); the same loss as the model's own.
+        compute_loss_func=labelled_token_loss,
         callbacks=[callback],
     )
     # Our callback logs each entry as JSON; the stock printer would repeat it on stdout.
