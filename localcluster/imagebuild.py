@@ -195,8 +195,9 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
             cmd += ["-v", f"{path}:{path}:ro"]
     _run([*cmd, "."], log, f"building {ref}")
     layout = work / "layout"
-    # Uncompressed layers: gzip of the trainer's 6 GB layer was minutes of one core on every cold build,
-    # and umoci then spent minutes more undoing it; a registry push can compress (skopeo --dest-compress).
+    # Layers are exported uncompressed, and said so: gzip of the trainer's layers would cost minutes of one
+    # core on every cold build and more to undo in umoci; a registry push can compress (skopeo
+    # --dest-compress).
     _run(
         ["buildah", *STORAGE, "push", "-q", "--disable-compression", ref, f"oci:{layout}:{version}"],
         log,
