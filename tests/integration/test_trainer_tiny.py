@@ -312,18 +312,30 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
     assert min(json.loads(line)["step"] for line in log.splitlines() if '"loss"' in line) <= 3
 
 
-def _off_task_rows(n: int, offset: int) -> list[dict[str, Any]]:
-    """Validation rows whose answers training makes less likely with every step: the best evaluation
-    is an early one, not the last."""
+def _contradicting_rows(n: int) -> list[dict[str, Any]]:
+    """Validation rows that ask training's own questions with other answers: the better the model learns
+    train, the worse it scores these, so the best evaluation is an early one, not the last."""
+    colors = ["red", "green", "blue", "yellow", "purple", "orange"]
     return [
         {
             "messages": [
                 {"role": "user", "content": f"What color is item {i}?"},
-                {"role": "assistant", "content": "Zebra quantum marmalade, seventeen violins."},
+                {"role": "assistant", "content": f"Item {i} is {colors[(i + 3) % len(colors)]}."},
             ]
         }
-        for i in range(offset, offset + n)
+        for i in range(n)
     ]
+
+
+def _overfitting_config(
+    bucket: str, model: str, train: str, val: str, out: str, *, epochs: int
+) -> dict[str, Any]:
+    """A full fine-tune (every weight learns; the tiny model's LoRA barely moves its loss) at a high
+    constant rate: the validation loss falls until step 60, then rises (evaluations every 10 steps)."""
+    cfg = base_config(bucket, model, train, val, out)
+    cfg["method"] = {"type": "full"}
+    cfg["hyperparameters"].update({"epochs": epochs, "learningRate": "1e-2", "lrScheduler": "constant"})
+    return cfg
 
 
 def _eval_losses(client: Any, bucket: str, out: str) -> dict[int, float]:
@@ -337,8 +349,8 @@ def test_the_best_evaluation_is_published_and_early_stopping_restores_it(
 ) -> None:
     client, bucket = tiny["client"], tiny["bucket"]
     train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
-    val = put_jsonl(client, bucket, "data/offtask.jsonl", _off_task_rows(8, offset=500))
-    cfg = base_config(bucket, tiny["model"], train, val, "best")
+    val = put_jsonl(client, bucket, "data/offtask.jsonl", _contradicting_rows(8))
+    cfg = _overfitting_config(bucket, tiny["model"], train, val, "best", epochs=5)
     cfg["hyperparameters"]["earlyStopping"] = {"patience": 2}
     run = run_trainer("train", write_config(tmp_path / "best.json", cfg), s3_env, tmp_path / "scratch")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -347,8 +359,8 @@ def test_the_best_evaluation_is_published_and_early_stopping_restores_it(
     losses = _eval_losses(client, bucket, "best")
     best_step = min(losses, key=lambda s: (losses[s], s))
     last_eval = max(losses)
-    assert summary["earlyStopped"] is True
-    assert summary["step"] == last_eval < summary["totalSteps"]
+    assert summary["earlyStopped"] is True, losses
+    assert summary["step"] == last_eval < summary["totalSteps"], losses
     # Two evaluations without improvement after the best, then the best's weights were restored.
     assert sorted(losses).index(last_eval) - sorted(losses).index(best_step) == 2
     assert summary["publishedStep"] == best_step < summary["step"]
@@ -358,7 +370,7 @@ def test_the_best_evaluation_is_published_and_early_stopping_restores_it(
     tuned = result["eval"]["validation"]["tunedLoss"]
     assert tuned == pytest.approx(losses[best_step], rel=0.05)
     assert tuned < losses[last_eval]
-    card = client.get_object(Bucket=bucket, Key="best/adapter/README.md")["Body"].read().decode()
+    card = client.get_object(Bucket=bucket, Key="best/model/README.md")["Body"].read().decode()
     assert f"from step {best_step} " in card
 
 
@@ -367,22 +379,22 @@ def test_a_resumed_run_publishes_a_best_step_saved_by_the_pod_before(
 ) -> None:
     client, bucket = tiny["client"], tiny["bucket"]
     train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
-    val = put_jsonl(client, bucket, "data/offtask.jsonl", _off_task_rows(8, offset=500))
-    cfg = base_config(bucket, tiny["model"], train, val, "bestresume")
-    cfg["checkpointing"] = {"everySteps": 3, "keep": 2}
+    val = put_jsonl(client, bucket, "data/offtask.jsonl", _contradicting_rows(8))
+    cfg = _overfitting_config(bucket, tiny["model"], train, val, "bestresume", epochs=4)
+    cfg["checkpointing"] = {"everySteps": 7, "keep": 2}
     path = write_config(tmp_path / "config.json", cfg)
 
     scratch = tmp_path / "first"
     proc = start_trainer("train", path, s3_env, scratch)
     deadline = time.monotonic() + 180
-    # Stop once a checkpoint after the first evaluation (step 7 of 40: evaluations every 7 steps) exists.
+    # Stop once the checkpoint after the best evaluation (step 60 of 80) exists.
     while not any(
-        k.endswith("/COMPLETE") and int(k.split("/")[2][5:]) >= 9
+        k.endswith("/COMPLETE") and int(k.split("/")[2][5:]) >= 63
         for k in list_keys(client, bucket, "bestresume/checkpoints/")
     ):
         assert proc.poll() is None, "trainer exited before the checkpoint"
         assert time.monotonic() < deadline
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc, scratch).returncode == 76
     assert "bestresume/checkpoints/best/BEST" in list_keys(client, bucket, "bestresume/checkpoints/best/")
