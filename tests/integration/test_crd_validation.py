@@ -651,7 +651,9 @@ def test_defaults_are_filled_in(ns: str) -> None:
     assert apply(manifest("defaults", {}), ns).returncode == 0
     spec = json.loads(kubectl("get", "ftj", "defaults", "-n", ns, "-o", "json").stdout)["spec"]
     assert spec["method"] == {"type": "lora"}
-    assert spec["hyperparameters"]["learningRate"] == "2e-4"
+    # The data-dependent ones stay unset: validation chooses them (status.resolved.hyperparameters).
+    for name in ("epochs", "learningRate", "batchSize", "gradientAccumulationSteps", "warmupRatio"):
+        assert name not in spec["hyperparameters"], spec["hyperparameters"]
     assert spec["hyperparameters"]["lrScheduler"] == "cosine"
     assert spec["checkpointing"] == {"everySteps": 200, "keep": 3}
     assert spec["retries"] == {"limit": 3}
@@ -671,10 +673,11 @@ def test_hub_token_key_defaults_to_hf_token(ns: str) -> None:
 
 def test_explain_teaches_the_hyperparameters(crd: None) -> None:
     out = kubectl("explain", "ftj.spec.hyperparameters").stdout
-    for text in ("learningRate", "Peak learning rate", "warmupRatio", "batchSize", "default 8"):
+    for text in ("learningRate", "Peak learning rate", "warmupRatio", "batchSize", "chosen from the data"):
         assert text in out, out
     field = kubectl("explain", "ftj.spec.hyperparameters.learningRate").stdout
     assert '"2e-4"' in field, field
+    assert "full" in field, field  # the automatic rate differs by method
 
 
 def test_printer_columns_show_progress(ns: str) -> None:
