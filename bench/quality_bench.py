@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The repository root goes on the path first (the script runs as bench/quality_bench.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from localcluster.demo import (
     MODEL_KEY,
     SECRET,
