@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchdocs import write_section
+
 # The repository root goes on the path first (the script runs as bench/quality_bench.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from localcluster.demo import (
@@ -35,9 +37,7 @@ from localcluster.demo import (
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "examples" / "quality"
-DOCS = REPO / "docs" / "benchmarks.md"
 SETS = ("facts-100", "routing-100", "facts-1000", "routing-1000")
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
 def job(name: str, data_set: str, endpoint: str) -> dict[str, Any]:
@@ -107,17 +107,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_docs(text: str) -> None:
-    doc = DOCS.read_text()
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        doc = f"{head}{BEGIN}\n{text}\n{END}{after}"
-    else:
-        doc += f"\n## Quality with no hyperparameters\n\n{BEGIN}\n{text}\n{END}\n"
-    DOCS.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/quality_bench.py", description=__doc__)
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
@@ -135,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write_docs:
         command = "python bench/quality_bench.py --write-docs --sets " + " ".join(args.sets)
-        write_docs(f"Command: `{command}` (one job at a time, 2 CPU cores, no GPU).\n\n{text}")
+        body = f"Command: `{command}` (one job at a time, 2 CPU cores, no GPU).\n\n{text}"
+        write_section("quality", "Quality with no hyperparameters", body)
     failed = [r["set"] for r in rows if r["tuned"] < r["base"] + 0.3]
     if failed:
         print(f"tuned not far above base on: {', '.join(failed)}", file=sys.stderr)

@@ -21,11 +21,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- threads:begin -->", "<!-- threads:end -->"
+from benchdocs import write_section
 
 
 def worker(seconds: float) -> None:
@@ -116,14 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write_docs:
         command = f"python bench/threads_bench.py --seconds {args.seconds:.0f} --write-docs"
-        body = f"Command: `{command}`\n\n{text}"
-        doc = DOCS.read_text()
-        if BEGIN in doc:
-            head, rest = doc.split(BEGIN, 1)
-            doc = f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}"
-        else:
-            doc += f"\n## Threads: two pods on one node\n\n{BEGIN}\n{body}\n{END}\n"
-        DOCS.write_text(doc)
+        write_section("threads", "Threads: two pods on one node", f"Command: `{command}`\n\n{text}")
     return 0
 
 

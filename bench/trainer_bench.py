@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchdocs import write_section
 from finetune_trainer import data
 from finetune_trainer.loss import KeepLabelledLogits, labelled_token_loss
 from finetune_trainer.model_loading import _as_plain_model
@@ -38,9 +39,6 @@ from transformers import (
     set_seed,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- trainer-bench:begin -->", "<!-- trainer-bench:end -->"
 WORDS = [
     "the",
     "a",
@@ -202,15 +200,7 @@ def write_docs(section: str, command: str) -> None:
         "the block-diagonal mask; packing into rows of at most 512 tokens (or the longest example) keeps "
         "the attention cost near the per-example cost. On a GPU the same command runs in bf16 + SDPA."
     )
-    block = f"{BEGIN}\n## Trainer throughput\n\n    {command}\n\n{section}\n\n{note}\n{END}\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
+    write_section("trainer-bench", "Trainer throughput", f"    {command}\n\n{section}\n\n{note}")
 
 
 def main() -> int:

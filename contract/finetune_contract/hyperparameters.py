@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from .spec import Hyperparameters, MethodType
-from .wire import Crd, FloatString
+from .wire import Crd, FloatString, ReadModel
 
 FieldName = Annotated[str, Crd(description="A hyperparameters field, e.g. epochs.", maxLength=64)]
 
@@ -68,19 +67,8 @@ class DataShape:
     p95_tokens: int
 
 
-class ResolvedHyperparameters(BaseModel):
+class ResolvedHyperparameters(ReadModel):
     """The hyperparameters a job trains with: the ones the spec sets, the rest chosen from the data."""
-
-    # Read back from termination messages and status: unknown keys (a newer trainer) are ignored.
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="ignore",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
 
     epochs: int
     """Passes over the training rows."""

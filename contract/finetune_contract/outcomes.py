@@ -13,10 +13,10 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, TypeAdapter, ValidationError
 
 from .hyperparameters import ResolvedHyperparameters
+from .wire import ReadModel
 
 # Kubernetes keeps at most this many bytes of a termination message.
 TERMINATION_LIMIT: Final = 4096
@@ -64,12 +64,8 @@ PERMANENT_REASONS: Final = frozenset(
 )
 
 
-class _Summary(BaseModel):
+class _Summary(ReadModel):
     # Unknown keys are ignored: a newer trainer may report more than this operator reads.
-    model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, extra="ignore"
-    )
-
     message: str = ""
 
 

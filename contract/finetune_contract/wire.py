@@ -81,6 +81,20 @@ class WireModel(BaseModel):
     )
 
 
+class ReadModel(BaseModel):
+    """The same wire names as `WireModel`, for what one party writes and another reads back (summaries,
+    status): unknown fields are ignored, so a newer writer's extra fields do not stop an older reader."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+
 def _parse_float_string(value: object) -> object:
     """Turn the wire's float strings into floats; numbers pass through for Python callers."""
     if isinstance(value, str):

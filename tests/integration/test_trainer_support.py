@@ -37,8 +37,9 @@ def put_jsonl(client: Any, bucket: str, key: str, rows: list[Any] | str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def chat_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
-    """Simple, learnable chat rows: the answer is a fixed function of the question."""
+def chat_rows(n: int, offset: int = 0, color_shift: int = 0) -> list[dict[str, Any]]:
+    """Simple, learnable chat rows: the answer is a fixed function of the question (with a color_shift,
+    another function: rows that contradict the unshifted ones)."""
     colors = ["red", "green", "blue", "yellow", "purple", "orange"]
     rows = []
     for i in range(offset, offset + n):
@@ -46,7 +47,10 @@ def chat_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
             {
                 "messages": [
                     {"role": "user", "content": f"What color is item {i}?"},
-                    {"role": "assistant", "content": f"Item {i} is {colors[i % len(colors)]}."},
+                    {
+                        "role": "assistant",
+                        "content": f"Item {i} is {colors[(i + color_shift) % len(colors)]}.",
+                    },
                 ]
             }
         )

@@ -312,27 +312,14 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
     assert min(json.loads(line)["step"] for line in log.splitlines() if '"loss"' in line) <= 3
 
 
-def _contradicting_rows(n: int) -> list[dict[str, Any]]:
-    """Validation rows that ask training's own questions with other answers: the better the model learns
-    train, the worse it scores these, so the best evaluation is an early one, not the last."""
-    colors = ["red", "green", "blue", "yellow", "purple", "orange"]
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"What color is item {i}?"},
-                {"role": "assistant", "content": f"Item {i} is {colors[(i + 3) % len(colors)]}."},
-            ]
-        }
-        for i in range(n)
-    ]
-
-
-def _overfitting_config(
-    bucket: str, model: str, train: str, val: str, out: str, *, epochs: int
-) -> dict[str, Any]:
+def _overfitting_config(tiny: dict[str, Any], out: str, *, epochs: int) -> dict[str, Any]:
     """A full fine-tune (every weight learns; the tiny model's LoRA barely moves its loss) at a high
-    constant rate: the validation loss falls until step 60, then rises (evaluations every 10 steps)."""
-    cfg = base_config(bucket, model, train, val, out)
+    constant rate, validated on rows that ask train's own questions with other answers: the validation
+    loss falls until step 60, then rises (evaluations every 10 steps)."""
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
+    val = put_jsonl(client, bucket, "data/contradicting.jsonl", chat_rows(8, color_shift=3))
+    cfg = base_config(bucket, tiny["model"], train, val, out)
     cfg["method"] = {"type": "full"}
     cfg["hyperparameters"].update({"epochs": epochs, "learningRate": "1e-2", "lrScheduler": "constant"})
     return cfg
@@ -348,9 +335,7 @@ def test_the_best_evaluation_is_published_and_early_stopping_restores_it(
     tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     client, bucket = tiny["client"], tiny["bucket"]
-    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
-    val = put_jsonl(client, bucket, "data/offtask.jsonl", _contradicting_rows(8))
-    cfg = _overfitting_config(bucket, tiny["model"], train, val, "best", epochs=5)
+    cfg = _overfitting_config(tiny, "best", epochs=5)
     cfg["hyperparameters"]["earlyStopping"] = {"patience": 2}
     run = run_trainer("train", write_config(tmp_path / "best.json", cfg), s3_env, tmp_path / "scratch")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -378,9 +363,7 @@ def test_a_resumed_run_publishes_a_best_step_saved_by_the_pod_before(
     tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     client, bucket = tiny["client"], tiny["bucket"]
-    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(160))
-    val = put_jsonl(client, bucket, "data/offtask.jsonl", _contradicting_rows(8))
-    cfg = _overfitting_config(bucket, tiny["model"], train, val, "bestresume", epochs=4)
+    cfg = _overfitting_config(tiny, "bestresume", epochs=4)
     cfg["checkpointing"] = {"everySteps": 7, "keep": 2}
     path = write_config(tmp_path / "config.json", cfg)
 

@@ -80,14 +80,14 @@ def _write_validation(s3: Any, cfg: TrainerConfig, scratch: Path, payload: dict[
         log.warning("could not upload validation.json: %s", exc)
 
 
-def train(cfg: TrainerConfig) -> Succeeded:
+def train(cfg: TrainerConfig, cpu_threads: int) -> Succeeded:
     """Validate, then train (resuming from the last complete checkpoint), evaluate and publish."""
     from . import train as training
     from .metrics_server import create_metrics, serve
     from .s3io import S3
     from .validate import run_checks
 
-    threads.apply_to_torch(threads.configure(os.environ))
+    threads.apply_to_torch(cpu_threads)
     preemption = training.Preemption()
     preemption.install()
     metrics = serve(create_metrics())
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     _offline_defaults()
     # Before torch or the tokenizers are imported: their pools read the sizes when they start.
-    threads.configure(os.environ)
+    cpu_threads = threads.configure(os.environ)
     try:
         cfg = load_config(args.config)
     except (OSError, ValueError) as exc:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INVALID_INPUT
     summary: Validated | Succeeded
     try:
-        summary = validate(cfg) if args.mode == "validate" else train(cfg)
+        summary = validate(cfg) if args.mode == "validate" else train(cfg, cpu_threads)
     except TrainerError as exc:
         log.error("%s: %s", exc.reason, exc)
         _fail(exc.reason, exc.exit_code, str(exc), file=exc.file, line=exc.line, checkpoints=exc.checkpoints)

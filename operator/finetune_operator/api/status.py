@@ -13,26 +13,14 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
 from finetune_contract.hyperparameters import ResolvedHyperparameters
-from finetune_contract.wire import Crd
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
+from finetune_contract.wire import Crd, ReadModel
+from pydantic import Field, StringConstraints
 
 Short = Annotated[str, StringConstraints(max_length=32)]
 Uri = Annotated[str, StringConstraints(max_length=1100)]
 Message = Annotated[str, StringConstraints(max_length=32768)]
 Int64 = Annotated[int, Field(ge=0), Crd(format="int64")]
 Int32 = Annotated[int, Field(ge=0)]
-
-
-class _StatusModel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="ignore",
-        use_attribute_docstrings=True,
-    )
 
 
 class Phase(StrEnum):
@@ -57,7 +45,7 @@ class ConditionStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
-class Condition(_StatusModel):
+class Condition(ReadModel):
     """A metav1.Condition."""
 
     crd_schema: ClassVar = Crd(required=["type", "status", "lastTransitionTime", "reason", "message"])
@@ -86,7 +74,7 @@ class Condition(_StatusModel):
     """Details for humans, e.g. what to change."""
 
 
-class Progress(_StatusModel):
+class Progress(ReadModel):
     """Training progress, polled from the trainer's metrics endpoint."""
 
     step: Int64 | None = None
@@ -110,7 +98,7 @@ class Progress(_StatusModel):
     """When step last increased; the Stalled condition is set when it stops moving."""
 
 
-class Metrics(_StatusModel):
+class Metrics(ReadModel):
     """Latest training metrics and the final evaluation of the tuned vs the base model; numbers as decimal
     strings."""
 
@@ -133,7 +121,7 @@ class Metrics(_StatusModel):
     """Current learning rate."""
 
 
-class Checkpoint(_StatusModel):
+class Checkpoint(ReadModel):
     """One checkpoint."""
 
     step: Int64
@@ -146,7 +134,7 @@ class Checkpoint(_StatusModel):
     """When it was saved."""
 
 
-class Outputs(_StatusModel):
+class Outputs(ReadModel):
     """The results, set when the job succeeds."""
 
     # The wire name keeps the acronym upper-case (adapterURI), which to_camel would not produce.
@@ -161,7 +149,7 @@ class Outputs(_StatusModel):
     last step when there is no validation set)."""
 
 
-class Resolved(_StatusModel):
+class Resolved(ReadModel):
     """What the job runs with, resolved by validation from the spec and the data."""
 
     hyperparameters: ResolvedHyperparameters | None = None
@@ -169,7 +157,7 @@ class Resolved(_StatusModel):
     auto)."""
 
 
-class Usage(_StatusModel):
+class Usage(ReadModel):
     """Resources used so far, all attempts together."""
 
     gpu_seconds: Int64 | None = None
@@ -178,7 +166,7 @@ class Usage(_StatusModel):
     """Cost so far from the operator's GPU price table, a decimal string, e.g. "1.23" (the COST column)."""
 
 
-class Estimate(_StatusModel):
+class Estimate(ReadModel):
     """The estimate made before training, checked against budget."""
 
     tokens: Int64 | None = None
@@ -189,7 +177,7 @@ class Estimate(_StatusModel):
     """Estimated cost, a decimal string in the unit of budget.maxCost."""
 
 
-class Failure(_StatusModel):
+class Failure(ReadModel):
     """The most recent failed attempt, kept when it is retried, so the cause is not lost."""
 
     attempt: Int32 | None = None
@@ -204,7 +192,7 @@ class Failure(_StatusModel):
     """When it failed."""
 
 
-class FineTuneJobStatus(_StatusModel):
+class FineTuneJobStatus(ReadModel):
     """Observed state, written only by the operator."""
 
     phase: Phase | None = None
