@@ -11,6 +11,15 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
+def read_section(name: str) -> str:
+    """The section's current body, or "" when it has not been written."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = DOCS.read_text() if DOCS.exists() else ""
+    if begin not in text or end not in text:
+        return ""
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
 def write_section(name: str, heading: str, body: str) -> None:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
