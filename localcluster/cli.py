@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -138,6 +139,15 @@ def write_env() -> None:
 def up() -> None:
     t0 = time.monotonic()
     LAYOUT.root.mkdir(parents=True, exist_ok=True)
+    # Parallel test workers each bring the environment up: one starts it, the others wait here and
+    # then find every process running, instead of starting a second etcd on the same ports.
+    with LAYOUT.up_lock.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _up()
+    print(f"local environment up in {time.monotonic() - t0:.1f}s; `source {LAYOUT.env_file}` to use it")
+
+
+def _up() -> None:
     bin_dir = build_binaries()
     link_bin(bin_dir)
     controlplane.start(bin_dir)
@@ -146,7 +156,6 @@ def up() -> None:
     s3.start()
     prometheus.start()
     write_env()
-    print(f"local environment up in {time.monotonic() - t0:.1f}s; `source {LAYOUT.env_file}` to use it")
 
 
 def down() -> None:

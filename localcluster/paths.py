@@ -69,6 +69,10 @@ class Layout:
         return self.root / "env"
 
     @property
+    def up_lock(self) -> Path:
+        return self.root / "up.lock"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
 

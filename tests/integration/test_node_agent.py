@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from localcluster.paths import POD_CIDR, PORTS
 from tests.support import images
 from tests.support.kube import kubectl, kubectl_json, wait_for
@@ -503,6 +505,7 @@ def test_kubelet_api_requires_the_api_servers_client_certificate(cluster: dict[s
     assert "not found" in body
 
 
+@pytest.mark.serial
 def test_agent_crash_and_restart_adopts_running_pods(namespace: str) -> None:
     from localcluster import cli, procs
 
