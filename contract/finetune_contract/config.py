@@ -1,7 +1,8 @@
 """`TrainerConfig`: the one JSON document the operator renders (ConfigMap, /etc/finetune/config.json).
 
 It is the FineTuneJob's `TrainingSpec` (the same models, so a field is declared once) plus what only
-the pod needs: where a pvc:// claim is mounted, the S3 endpoint, the job's identity, evaluation limits.
+the pod needs: where a pvc:// claim is mounted, the S3 endpoint, the job's identity, evaluation limits
+and the platform's bounds on reading inputs.
 Unknown keys are refused (the operator and the trainer image are released together; a trainer that
 does not know a setting fails with InvalidConfig instead of ignoring it).
 """
@@ -57,11 +58,28 @@ class EvalSettings(WireModel):
     max_new_tokens: Annotated[int, Field(ge=1)] = 48
 
 
+class InputLimits(WireModel):
+    """Bounds on what a job's inputs may cost to read, set by the platform team (the chart's
+    `limits`): a hostile or mistaken file fails validation with the limit named, instead of
+    exhausting the validation pod's memory, disk or time."""
+
+    # Each dataset file (train, validation, test), checked before it is downloaded.
+    max_file_bytes: Annotated[int, Field(ge=1)] = 2 * 1024**3
+    max_rows: Annotated[int, Field(ge=1)] = 2_000_000
+    # One JSONL line; a row longer than this is refused without being read whole.
+    max_line_bytes: Annotated[int, Field(ge=1)] = 8 * 1024**2
+    # Nesting of objects and arrays in one row (a chat row is 4 deep; tool calls a few more).
+    max_json_depth: Annotated[int, Field(ge=2)] = 32
+    # Rendering one row with the model's chat template (Jinja, sandboxed but otherwise unbounded).
+    template_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
 class TrainerConfig(TrainingSpec):
     base_model: TrainerBaseModel
     storage: S3Location = Field(default_factory=S3Location)
     job: JobIdentity = Field(default_factory=JobIdentity)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    limits: InputLimits = Field(default_factory=InputLimits)
 
 
 def load_config(path: str | Path) -> TrainerConfig:

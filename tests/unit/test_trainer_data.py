@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from finetune_contract.config import InputLimits
 from finetune_trainer import data
 from finetune_trainer.tiny_model import smollm2_tokenizer
 
@@ -23,6 +25,79 @@ def test_parse_jsonl_keeps_line_numbers_and_skips_blank_lines() -> None:
         (3, "not valid JSON"),
         (4, "expected a JSON object, got list"),
     ]
+
+
+LIMITS = InputLimits(max_line_bytes=200, max_rows=3, max_json_depth=6)
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        (b'{"a":' + b"[" * 90 + b"]" * 90 + b"}", "nested 91 levels deep"),
+        (b'{"a": ' + b"[" * 6 + b"1" + b"]" * 6 + b"}", "nested 7 levels deep, more than the limit of 6"),
+        (b'{"text": ' + b"9" * 190 + b"}", None),
+        (b'{"text": "x", "n": NaN}', "NaN is not a JSON number"),
+        (b'{"text": "caf\xe9"}', "not UTF-8 text (byte 14 of the line)"),
+        (b'{"text": "' + b"x" * 300 + b'"}', "longer than 200 bytes"),
+    ],
+    ids=["deep-array", "deep-object", "long-number-in-limits", "nan", "latin-1", "long-line"],
+)
+def test_each_hostile_line_is_an_issue_on_its_own_line(line: bytes, needle: str | None) -> None:
+    good = b'{"text": "ok"}'
+    parsed = data.parse_jsonl_stream(io.BytesIO(b"\n".join([good, line, good]) + b"\n"), "train", LIMITS)
+    if needle is None:
+        assert parsed.errors == [], parsed.errors
+        return
+    assert [r.line for r in parsed.rows] == [1, 3]
+    assert [e.line for e in parsed.errors] == [2]
+    assert needle in parsed.errors[0].message, parsed.errors[0].message
+    assert parsed.errors[0].failure_reason.value == "InvalidDataset"
+
+
+def test_nesting_deeper_than_the_json_parser_can_go_is_an_issue_not_a_crash() -> None:
+    parsed = data.parse_jsonl_stream(io.BytesIO(b"[" * 100_000 + b"]" * 100_000 + b"\n"), "train")
+    assert [(e.line, e.message) for e in parsed.errors] == [(1, "nested deeper than 32 levels")]
+
+
+def test_a_number_python_cannot_convert_is_an_issue_with_its_line() -> None:
+    parsed = data.parse_jsonl_stream(io.BytesIO(b'{"text": "a", "n": ' + b"7" * 5000 + b"}\n"), "train")
+    assert [(e.line, "4300 digits" in e.message) for e in parsed.errors] == [(1, True)]
+
+
+def test_u2028_inside_a_row_does_not_split_it_and_crlf_ends_a_line() -> None:
+    rows = ['{"text": "one\u2028two\u2029three\x85four"}', "{oops", '{"text": "b"}']
+    parsed = data.parse_jsonl_stream(io.BytesIO("\r\n".join(rows).encode()), "train")
+    assert [r.line for r in parsed.rows] == [1, 3]
+    assert parsed.rows[0].data["text"] == "one\u2028two\u2029three\x85four"
+    assert [e.line for e in parsed.errors] == [2]
+
+
+def test_more_rows_than_the_limit_stop_reading_with_the_limit_named() -> None:
+    text = "".join(f'{{"text": "{i}"}}\n' for i in range(10))
+    parsed = data.parse_jsonl(text, "train", LIMITS)
+    assert len(parsed.rows) == 3
+    assert [(e.line, "more than 3 rows" in e.message) for e in parsed.errors] == [(4, True)]
+
+
+def test_a_file_of_garbage_reports_its_first_problems_only() -> None:
+    parsed = data.parse_jsonl("{bad\n" * 10_000, "train")
+    assert len(parsed.errors) == data.MAX_ISSUES_PER_FILE + 1
+    assert "stopped reading after" in parsed.errors[-1].message
+
+
+def test_a_long_line_is_skipped_without_being_read_whole() -> None:
+    class Counting(io.BytesIO):
+        largest = 0
+
+        def readline(self, size: int | None = -1) -> bytes:
+            line = super().readline(size)
+            Counting.largest = max(Counting.largest, len(line))
+            return line
+
+    stream = Counting(b'{"text": "' + b"x" * 50_000_000 + b'"}\n{"text": "b"}\n')
+    parsed = data.parse_jsonl_stream(stream, "train", LIMITS)
+    assert [r.line for r in parsed.rows] == [2]
+    assert Counting.largest <= 1 << 20
 
 
 @pytest.mark.parametrize(

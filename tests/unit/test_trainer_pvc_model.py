@@ -130,3 +130,24 @@ def test_what_is_not_a_model_is_invalid_input_naming_the_path(
     assert str(path) in str(err.value)
     assert "pvc://models/x" in str(err.value)
     assert err.value.exit_code == 42
+
+
+def test_symlinks_out_of_the_claim_or_the_model_directory_are_refused(tmp_path: Path) -> None:
+    claim = tmp_path / "mnt"
+    secret = tmp_path / "elsewhere"
+    hf_dir(secret / "model")
+    (secret / "token").write_text("not the trainer's to read")
+    # The model path itself links out of the claim.
+    claim.mkdir()
+    (claim / "linked").symlink_to(secret / "model")
+    with pytest.raises(InvalidInputError, match="outside the claim"):
+        local_model(claim / "linked", "pvc://models/linked", root=claim)
+    # A file of the model links out of the model directory.
+    model = hf_dir(claim / "model")
+    (model / "tokenizer.json").symlink_to(secret / "token")
+    with pytest.raises(InvalidInputError, match=r"tokenizer\.json link outside the model directory"):
+        local_model(model, "pvc://models/model", root=claim)
+    # Links inside the model directory are fine (sharded layouts use them).
+    (model / "tokenizer.json").unlink()
+    (model / "tokenizer.json").symlink_to(model / "config.json")
+    assert local_model(model, "pvc://models/model", root=claim).directory == model

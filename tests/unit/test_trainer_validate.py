@@ -1,9 +1,15 @@
-"""Validation helpers that need no S3: the deterministic split and duplicate handling."""
+"""Validation helpers that need no S3: the deterministic split, duplicate handling, and rows a model's
+chat template cannot render (the real SmolLM2 tokenizer with hostile templates)."""
 
 from __future__ import annotations
 
-from finetune_trainer.data import Row
-from finetune_trainer.validate import Report, _dedupe, split_validation
+import time
+from typing import Any
+
+from finetune_contract.outcomes import FailureReason
+from finetune_trainer.data import MAX_ISSUES_PER_FILE, Row
+from finetune_trainer.tiny_model import smollm2_tokenizer
+from finetune_trainer.validate import Report, _dedupe, _tokenize, split_validation
 
 
 def rows(n: int) -> list[Row]:
@@ -37,3 +43,44 @@ def test_duplicates_are_dropped_with_a_warning_naming_the_first_line() -> None:
     assert report.warnings[0].line == 3
     assert "duplicate of line 1" in report.warnings[0].message
     assert report.info["duplicates"] == {"train": 1}
+
+
+CHAT = [Row(1, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})]
+
+
+def _tokenizer_with_template(template: str) -> Any:
+    tokenizer = smollm2_tokenizer()
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_a_chat_template_that_never_ends_is_stopped_and_blamed_on_the_model() -> None:
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    report = Report()
+    tokenizer = _tokenizer_with_template(endless)
+    started = time.monotonic()
+    examples = _tokenize(
+        CHAT * 3,
+        "chat",
+        tokenizer,
+        max_len=64,
+        name="train",
+        report=report,
+        template_seconds=0.5,
+    )
+    assert time.monotonic() - started < 5  # one row's limit, then it stops: the template is at fault
+    assert examples == []
+    [issue] = report.errors
+    assert (issue.file, issue.line, issue.failure_reason) == ("train", 1, FailureReason.INVALID_MODEL)
+    assert "took more than 0.5 s" in issue.message
+    assert "templateSeconds" in issue.message
+
+
+def test_a_chat_template_that_raises_is_an_issue_on_the_row_not_a_crash() -> None:
+    refusing = "{{ raise_exception('Conversation roles must alternate') }}"
+    report = Report()
+    _tokenize(CHAT * 80, "chat", _tokenizer_with_template(refusing), max_len=64, name="train", report=report)
+    assert "roles must alternate" in report.errors[0].message
+    assert report.errors[0].failure_reason == FailureReason.INVALID_DATASET
+    # A template that refuses every row reports a bounded number of them.
+    assert len(report.errors) == MAX_ISSUES_PER_FILE + 1

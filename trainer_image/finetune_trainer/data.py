@@ -12,10 +12,13 @@ Three row formats, detected from the first valid row unless `dataset.format` say
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, BinaryIO, Final, Literal
 
+from finetune_contract.config import InputLimits
 from finetune_contract.outcomes import FailureReason
 
 Format = Literal["chat", "prompt-completion", "text"]
@@ -55,6 +58,11 @@ class Issue:
         }
 
 
+# Problems kept per file: a file of garbage would otherwise make a report as large as itself, and the
+# first ones are what a user fixes first.
+MAX_ISSUES_PER_FILE: Final = 50
+
+
 @dataclass
 class ParsedFile:
     name: str
@@ -62,24 +70,121 @@ class ParsedFile:
     errors: list[Issue] = field(default_factory=list)
     blank_lines: int = 0
 
+    def add_error(self, line: int | None, message: str) -> bool:
+        """Record a problem; False once the file has had its share (stop reading it)."""
+        if len(self.errors) >= MAX_ISSUES_PER_FILE:
+            return False
+        self.errors.append(Issue(self.name, line, message))
+        if len(self.errors) == MAX_ISSUES_PER_FILE:
+            self.errors.append(
+                Issue(
+                    self.name, line, f"stopped reading after {MAX_ISSUES_PER_FILE} problems; fix these first"
+                )
+            )
+            return False
+        return True
 
-def parse_jsonl(text: str, name: str) -> ParsedFile:
-    """Parse JSONL, keeping line numbers; blank lines are skipped (and counted)."""
+
+def parse_jsonl(text: str, name: str, limits: InputLimits | None = None) -> ParsedFile:
+    """Parse JSONL text (tests, small inputs); see `parse_jsonl_stream`."""
+    return parse_jsonl_stream(io.BytesIO(text.encode("utf-8")), name, limits)
+
+
+def parse_jsonl_stream(stream: BinaryIO, name: str, limits: InputLimits | None = None) -> ParsedFile:
+    """Parse JSONL from a byte stream, one line at a time, keeping line numbers.
+
+    Lines end at "\\n" only (JSONL's rule), so a U+2028 inside a row does not split it; blank lines
+    are skipped and counted. Every way a line can be bad becomes an issue with its line number,
+    within `limits`: a line too long (not read whole), too many rows, invalid UTF-8, invalid JSON,
+    NaN/Infinity, a number too long to convert, nesting too deep.
+    """
+    limits = limits or InputLimits()
     parsed = ParsedFile(name)
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            parsed.blank_lines += 1
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            parsed.errors.append(Issue(name, number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        if not isinstance(value, dict):
-            parsed.errors.append(Issue(name, number, f"expected a JSON object, got {type(value).__name__}"))
-            continue
-        parsed.rows.append(Row(number, value))
+    for number, raw in enumerate(_lines(stream, limits.max_line_bytes), start=1):
+        if raw is None:
+            more = parsed.add_error(
+                number,
+                f"line is longer than {limits.max_line_bytes} bytes (the platform's limit); split the row "
+                "or ask your platform team to raise limits.dataset.maxLineBytes",
+            )
+        else:
+            more = _parse_line(raw, number, parsed, limits)
+        if not more:
+            break
+        if len(parsed.rows) > limits.max_rows:
+            parsed.rows.pop()
+            parsed.add_error(
+                number,
+                f"more than {limits.max_rows} rows (the platform's limit); use fewer rows or ask your "
+                "platform team to raise limits.dataset.maxRows",
+            )
+            break
     return parsed
+
+
+def _lines(stream: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+    """Each line without its end; None for a line over `max_bytes`, which is skipped unread."""
+    while True:
+        line = stream.readline(max_bytes + 2)  # room for "\r\n"
+        if not line:
+            return
+        if not line.endswith(b"\n") and len(line) > max_bytes:
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        yield None if len(line) > max_bytes else line
+
+
+def _parse_line(raw: bytes, number: int, parsed: ParsedFile, limits: InputLimits) -> bool:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return parsed.add_error(
+            number, f"not UTF-8 text (byte {exc.start + 1} of the line); save the file as UTF-8"
+        )
+    if not text.strip():
+        parsed.blank_lines += 1
+        return True
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        return parsed.add_error(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return parsed.add_error(number, f"nested deeper than {limits.max_json_depth} levels")
+    except ValueError as exc:
+        # Python refuses numbers of more than 4300 digits, and we refuse NaN and Infinity.
+        return parsed.add_error(number, f"not valid JSON ({_short(str(exc))})")
+    if not isinstance(value, dict):
+        return parsed.add_error(number, f"expected a JSON object, got {type(value).__name__}")
+    if (depth := json_depth(value)) > limits.max_json_depth:
+        return parsed.add_error(
+            number, f"nested {depth} levels deep, more than the limit of {limits.max_json_depth}"
+        )
+    parsed.rows.append(Row(number, value))
+    return True
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _short(message: str) -> str:
+    return message.split(";", maxsplit=1)[0][:200]
+
+
+def json_depth(value: Any) -> int:
+    """Levels of objects/arrays (a scalar is 0, {"a": 1} is 1); iterative, so any depth is safe."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def as_format(value: str) -> Format:

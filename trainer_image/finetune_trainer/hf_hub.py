@@ -43,6 +43,7 @@ from finetune_contract.uris import HfUri, parse_hf_uri
 
 from .exitcodes import InvalidModelError, TransientIOError
 from .local_model import LocalModel
+from .safepaths import escapes
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,11 @@ def fetch_hf_model(uri: str, dest: Path, weights: bool = True) -> LocalModel:
     src = parse_hf_uri(uri)
     hub = Hub(src)
     commit, names = hub.resolve()
+    if leaving := sorted(n for n in names if escapes(n)):
+        raise InvalidModelError(
+            f"baseModel.uri {uri}: {src.repo_id} lists files whose names leave the repository "
+            f"({', '.join(leaving[:3])}); refusing to download it"
+        )
     log.info("base model %s: %s revision %s is commit %s", uri, src.repo_id, src.ref, commit)
     if src.filename is not None:
         if src.filename not in names:

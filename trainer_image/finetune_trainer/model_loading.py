@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from finetune_contract.config import TrainerBaseModel
-from finetune_contract.uris import S3Uri
+from finetune_contract.uris import PVC_MOUNT_PATH, S3Uri
 
 from .exitcodes import InvalidInputError, InvalidModelError, TransientIOError
 from .local_model import LocalModel
 from .s3io import S3
+from .safepaths import escapes, resolves_inside
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = Tr
     """
     uri = source.uri
     if source.local_path is not None:
-        return local_model(source.local_path, uri)
+        return local_model(source.local_path, uri, root=Path(source.mount_path or PVC_MOUNT_PATH))
     if uri.startswith("hf://"):
         from .hf_hub import fetch_hf_model
 
@@ -66,6 +67,11 @@ def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = Tr
         rel = key[len(prefix.key) :]
         if not rel.endswith(_MODEL_FILES):
             continue
+        if escapes(rel):
+            raise InvalidModelError(
+                f"baseModel.uri {uri} holds s3://{prefix.bucket}/{key}, whose name leaves the model "
+                "directory; remove or rename that object"
+            )
         if not weights and rel.endswith(".safetensors"):
             _check_safetensors_header(s3, S3Uri(prefix.bucket, key))
             continue
@@ -75,13 +81,20 @@ def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = Tr
     return LocalModel(dest, None)
 
 
-def local_model(path: Path, uri: str) -> LocalModel:
+def local_model(path: Path, uri: str, root: Path | None = None) -> LocalModel:
     """A model on a volume the pod mounts (pvc://): a Hugging Face directory or one .gguf file.
 
     Checked like an S3 model (config.json, safetensors only) plus each weights file's header, and
-    used in place. Errors name the URI and the path in the pod.
+    used in place. Errors name the URI and the path in the pod. Symlinks that lead out of the
+    claim (`root`), or out of the model directory for its files, are refused: the claim may be
+    written by others, and a link to another mount would make the trainer read and publish it.
     """
     where = f"baseModel.uri {uri} ({path} in the pod)"
+    if root is not None and path.exists() and not resolves_inside(path, root):
+        raise InvalidModelError(
+            f"{where} is a symlink to {path.resolve()}, outside the claim; point baseModel.uri at the "
+            "model itself"
+        )
     try:
         if path.is_file():
             if not path.name.lower().endswith(".gguf"):
@@ -96,6 +109,12 @@ def local_model(path: Path, uri: str) -> LocalModel:
                 f"{where} does not exist: check the claim's contents and the path after the claim's name"
             )
         files = {p.name: p for p in path.iterdir() if p.is_file()}
+        outside = sorted(n for n, p in files.items() if not resolves_inside(p, path))
+        if outside:
+            raise InvalidModelError(
+                f"{where}: {', '.join(outside[:3])} link outside the model directory; copy the files in "
+                "instead of linking them"
+            )
         if "config.json" not in files:
             ggufs = sorted(n for n in files if n.lower().endswith(".gguf"))
             hint = f"; it holds {ggufs[0]}: point baseModel.uri at that file" if ggufs else ""

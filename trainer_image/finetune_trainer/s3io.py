@@ -25,6 +25,7 @@ from finetune_contract.outcomes import FailureReason
 from finetune_contract.uris import S3Uri
 
 from .exitcodes import InvalidInputError, TransientIOError
+from .safepaths import escapes
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,14 @@ class S3:
 
         return self._call(f"read {uri}", get)
 
+    def size(self, uri: S3Uri) -> int:
+        """The object's length in bytes (InvalidInputError when it does not exist)."""
+
+        def head() -> int:
+            return int(self.client.head_object(Bucket=uri.bucket, Key=uri.key)["ContentLength"])
+
+        return self._call(f"stat {uri}", head)
+
     def exists(self, uri: S3Uri) -> bool:
         def head() -> bool:
             try:
@@ -203,6 +212,10 @@ class S3:
             rel = key[len(key_prefix) :]
             if not rel or rel.endswith("/"):
                 continue
+            if escapes(rel):
+                raise InvalidInputError(
+                    f"s3://{prefix.bucket}/{key}: the object's name leaves {prefix}; remove or rename it"
+                )
             files.append(self.download_file(S3Uri(prefix.bucket, key), dest / rel))
         return files
 
@@ -233,6 +246,9 @@ def _error_code(exc: BaseException) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
+        if str(err.get("Code")) == "404":
+            # A HEAD has no body to name the cause.
+            return "404: no such object (or bucket)"
         return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
     return f"{type(exc).__name__}: {exc}"
 

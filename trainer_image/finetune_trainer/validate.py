@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_contract.config import TrainerConfig
+from finetune_contract.config import InputLimits, TrainerConfig
 from finetune_contract.hyperparameters import DataShape, ResolvedHyperparameters, resolve, validation_rows
 from finetune_contract.outcomes import FailureReason, TokenStats, Validated
 from finetune_contract.spec import DatasetFormat
 from finetune_contract.uris import S3Uri
 
 from . import data
+from .deadline import DeadlineExceeded, deadlines
 from .exitcodes import InvalidInputError
 from .local_model import LocalModel
 from .model_loading import check_loadable, fetch_model, load_tokenizer
@@ -122,21 +123,33 @@ def _length_stats(examples: list[data.Example], max_len: int) -> dict[str, Any]:
     }
 
 
-def _load_file(s3: S3, uri: str, name: str, report: Report) -> data.ParsedFile:
+def _load_file(
+    s3: S3, uri: str, name: str, report: Report, *, scratch: Path, limits: InputLimits
+) -> data.ParsedFile:
+    """Download one dataset file to scratch (its size checked first) and parse it line by line."""
+    source = S3Uri.parse(uri)
     try:
-        raw = s3.get_bytes(S3Uri.parse(uri))
+        size = s3.size(source)
+        if size > limits.max_file_bytes:
+            report.errors.append(
+                data.Issue(
+                    name,
+                    None,
+                    f"{uri} is {size} bytes, more than the platform's limit of {limits.max_file_bytes}; "
+                    "use a smaller file or ask your platform team to raise limits.dataset.maxFileBytes",
+                )
+            )
+            return data.ParsedFile(name)
+        local = s3.download_file(source, scratch / "datasets" / f"{name}.jsonl")
     except InvalidInputError as exc:
         # A missing file or bucket belongs in the report, next to every other problem.
         report.errors.append(data.Issue(name, None, f"cannot read {uri}: {exc}", reason=_denied(exc)))
         return data.ParsedFile(name)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        report.errors.append(
-            data.Issue(name, None, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")
-        )
-        return data.ParsedFile(name)
-    parsed = data.parse_jsonl(text, name)
+        with local.open("rb") as stream:
+            parsed = data.parse_jsonl_stream(stream, name, limits)
+    finally:
+        local.unlink(missing_ok=True)  # the rows are parsed; scratch is for the model
     report.errors.extend(parsed.errors)
     return parsed
 
@@ -178,31 +191,73 @@ def _dedupe(rows: list[data.Row], fmt: data.Format, name: str, report: Report) -
 
 
 def _tokenize(
-    rows: list[data.Row], fmt: data.Format, tokenizer: Any, *, max_len: int, name: str, report: Report
+    rows: list[data.Row],
+    fmt: data.Format,
+    tokenizer: Any,
+    *,
+    max_len: int,
+    name: str,
+    report: Report,
+    template_seconds: float = InputLimits().template_seconds,
 ) -> list[data.Example]:
     examples = []
-    for row in rows:
-        try:
-            example = data.tokenize_row(row.data, fmt, tokenizer, max_len)
-        except ValueError as exc:
-            report.errors.append(data.Issue(name, row.line, str(exc)))
-            continue
-        if example.trainable_tokens == 0:
-            report.errors.append(
-                data.Issue(
-                    name,
-                    row.line,
-                    f"nothing left to learn after truncation to maxSeqLength={max_len} "
-                    f"({example.full_length} tokens); shorten the prompt or raise maxSeqLength",
+    problems = 0
+    with deadlines(template_seconds) as deadline:
+        for row in rows:
+            if problems >= data.MAX_ISSUES_PER_FILE:
+                report.errors.append(
+                    data.Issue(name, row.line, f"stopped after {problems} rows that could not be tokenized")
                 )
-            )
-        elif example.truncated:
-            report.warnings.append(
-                data.Issue(
-                    name, row.line, f"{example.full_length} tokens, truncated to maxSeqLength={max_len}"
+                break
+            try:
+                with deadline.limit():
+                    example = data.tokenize_row(row.data, fmt, tokenizer, max_len)
+            except ValueError as exc:
+                report.errors.append(data.Issue(name, row.line, str(exc)))
+                problems += 1
+                continue
+            except DeadlineExceeded as exc:
+                # The template, not the row, is at fault: one row is enough to say so.
+                report.errors.append(
+                    data.Issue(
+                        name,
+                        row.line,
+                        f"the model's chat template {exc} to render this row (the platform's limit, "
+                        "limits.dataset.templateSeconds); fix or replace the template in the model's "
+                        "tokenizer_config.json",
+                        reason=FailureReason.INVALID_MODEL,
+                    )
                 )
-            )
-        examples.append(example)
+                break
+            except Exception as exc:
+                # Jinja errors, raise_exception() in the template (e.g. "roles must alternate"), or a
+                # template that expects fields the row lacks.
+                report.errors.append(
+                    data.Issue(
+                        name,
+                        row.line,
+                        f"the model's chat template refused this row ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); make the row fit the template",
+                    )
+                )
+                problems += 1
+                continue
+            if example.trainable_tokens == 0:
+                report.errors.append(
+                    data.Issue(
+                        name,
+                        row.line,
+                        f"nothing left to learn after truncation to maxSeqLength={max_len} "
+                        f"({example.full_length} tokens); shorten the prompt or raise maxSeqLength",
+                    )
+                )
+            elif example.truncated:
+                report.warnings.append(
+                    data.Issue(
+                        name, row.line, f"{example.full_length} tokens, truncated to maxSeqLength={max_len}"
+                    )
+                )
+            examples.append(example)
     return examples
 
 
@@ -252,9 +307,11 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
         report.info["baseModel"] = {"uri": cfg.base_model.uri, "loadable": False}
         report.errors.append(data.Issue("baseModel", None, str(exc), reason=_denied(exc)))
 
-    train_file = _load_file(s3, cfg.dataset.train, "train", report)
+    train_file = _load_file(s3, cfg.dataset.train, "train", report, scratch=scratch, limits=cfg.limits)
     val_file = (
-        _load_file(s3, cfg.dataset.validation, "validation", report) if cfg.dataset.validation else None
+        _load_file(s3, cfg.dataset.validation, "validation", report, scratch=scratch, limits=cfg.limits)
+        if cfg.dataset.validation
+        else None
     )
     first = next((r for r in train_file.rows if data.detect_format(r.data)), None)
     fmt: data.Format | None = (
@@ -297,13 +354,26 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
 
     if model is None or tokenizer is None:
         return report, None  # token statistics need the model's tokenizer
+    template_seconds = cfg.limits.template_seconds
     train_examples = _tokenize(
-        train_rows, fmt, tokenizer, max_len=hp.max_seq_length, name="train", report=report
+        train_rows,
+        fmt,
+        tokenizer,
+        max_len=hp.max_seq_length,
+        name="train",
+        report=report,
+        template_seconds=template_seconds,
     )
     # Rows split off train keep their train line numbers, so they are reported as train's.
     val_name = "validation" if cfg.dataset.validation else "train"
     val_examples = _tokenize(
-        val_rows, fmt, tokenizer, max_len=hp.max_seq_length, name=val_name, report=report
+        val_rows,
+        fmt,
+        tokenizer,
+        max_len=hp.max_seq_length,
+        name=val_name,
+        report=report,
+        template_seconds=template_seconds,
     )
     report.info["files"] = {
         "train": {
@@ -334,7 +404,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
 
     eval_rows: list[data.Row] = []
     if cfg.dataset.test:
-        eval_file = _load_file(s3, cfg.dataset.test, "test", report)
+        eval_file = _load_file(s3, cfg.dataset.test, "test", report, scratch=scratch, limits=cfg.limits)
         eval_rows = _check_rows(eval_file, fmt, report)
 
     if not report.valid:
