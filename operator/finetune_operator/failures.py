@@ -110,6 +110,9 @@ def classify_exit(exit_code: int, summary: Summary | None, text: str = "", term_
 def classify_pod(pod: JSON) -> Failure | None:
     """A Failed pod -> why; None if the pod did not fail."""
     status = pod.get("status") or {}
+    # Before the exit code: a pod stopped at its deadline exits 143, which says less.
+    if status.get("phase") == "Failed" and status.get("reason") == "DeadlineExceeded":
+        return Failure(Reason.DEADLINE_EXCEEDED, status.get("message") or "deadline exceeded", permanent=True)
     term = terminated_state(pod)
     if term is not None and int(term.get("exitCode", 0)) != 0:
         text = termination_text(pod)
@@ -119,8 +122,6 @@ def classify_pod(pod: JSON) -> Failure | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             return Failure(Reason.PREEMPTED, cond.get("message") or "the pod was disrupted", counts=False)
-    if status.get("reason") == "DeadlineExceeded":
-        return Failure(Reason.DEADLINE_EXCEEDED, status.get("message") or "deadline exceeded", permanent=True)
     return Failure(Reason.TRAINER_ERROR, status.get("message") or status.get("reason") or "the pod failed")
 
 

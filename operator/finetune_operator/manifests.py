@@ -103,6 +103,7 @@ def trainer_config(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
         "region": spec.storage.region,
     }
     doc["job"] = {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid}
+    doc["limits"] = settings.input_limits.model_dump(mode="json", by_alias=True)
     # The token reaches the pods as HF_TOKEN (secretKeyRef); the trainer has no use for the Secret's name.
     doc["baseModel"].pop("tokenSecretRef", None)
     if base_model_claim(spec) is not None:
@@ -274,10 +275,31 @@ def _pod_spec(
 def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings) -> JSON:
     """The CPU-only pod that checks dataset, model and output before any GPU is requested."""
     resources = {
-        "requests": {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
+        "requests": {
+            "cpu": settings.validation_cpu,
+            "memory": settings.validation_memory,
+            "ephemeral-storage": settings.validation_scratch,
+        },
         "limits": {"memory": settings.validation_memory_limit},
     }
     hash_ = validation_hash(spec)
+    pod_spec = _pod_spec(
+        ref,
+        spec,
+        settings,
+        mode="validate",
+        attempt=0,
+        resources=resources,
+        node_selector=settings.validation_node_selector,
+        tolerations=[],
+        priority_class="",
+    )
+    # Bounded in time and disk: a hostile chat template or a huge input cannot hold the pod for ever
+    # or fill the node's disk.
+    pod_spec["activeDeadlineSeconds"] = settings.validation_deadline_seconds
+    next(v for v in pod_spec["volumes"] if v["name"] == "scratch")["emptyDir"] = {
+        "sizeLimit": settings.validation_scratch
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -288,17 +310,7 @@ def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
             "annotations": {ANNOTATION_SPEC_HASH: hash_},
             "ownerReferences": [ref.owner_reference()],
         },
-        "spec": _pod_spec(
-            ref,
-            spec,
-            settings,
-            mode="validate",
-            attempt=0,
-            resources=resources,
-            node_selector=settings.validation_node_selector,
-            tolerations=[],
-            priority_class="",
-        ),
+        "spec": pod_spec,
     }
 
 

@@ -280,6 +280,15 @@ def _validate(
         return True
     if phase == "Failed":
         f = classify_pod(pod) or ChildFailure(Reason.TRAINER_ERROR, f"validation pod {pod_name} failed")
+        if f.reason == Reason.DEADLINE_EXCEEDED:
+            f = ChildFailure(
+                Reason.DEADLINE_EXCEEDED,
+                f"validation did not finish within {settings.validation_deadline_seconds}s (the "
+                "platform's limit, validation.deadlineSeconds in the chart); a very large dataset or a "
+                "slow chat template: see the logs of pod "
+                f"{pod_name}",
+                permanent=True,
+            )
         b.set(ConditionType.VALIDATED, FALSE, f.reason, f.message)
         b.fail(f.reason, f.message, exit_code=f.exit_code)
         return False

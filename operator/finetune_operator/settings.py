@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from finetune_contract.config import InputLimits
+
 DEFAULT_TRAINER_IMAGE: Final = "finetune-operator/trainer:0.1.0"
 DEFAULT_PRICE_CONFIGMAP: Final = "finetune-operator-prices"
 FINALIZER: Final = "finetune.dev/finalizer"
@@ -66,6 +68,17 @@ def _labels(raw: str, key: str) -> dict[str, str]:
     return out
 
 
+def _input_limits(env: Mapping[str, str]) -> InputLimits:
+    d = InputLimits()
+    return InputLimits(
+        max_file_bytes=_int(env, "FTO_DATASET_MAX_FILE_BYTES", d.max_file_bytes, 1),
+        max_rows=_int(env, "FTO_DATASET_MAX_ROWS", d.max_rows, 1),
+        max_line_bytes=_int(env, "FTO_DATASET_MAX_LINE_BYTES", d.max_line_bytes, 1),
+        max_json_depth=_int(env, "FTO_DATASET_MAX_JSON_DEPTH", d.max_json_depth, 2),
+        template_seconds=_float(env, "FTO_TEMPLATE_SECONDS", d.template_seconds, 0.1),
+    )
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
@@ -94,6 +107,12 @@ class OperatorSettings:
     validation_memory_limit: str = "4Gi"
     # Optional node selector for the CPU-only validation pods ("pool=cpu").
     validation_node_selector: dict[str, str] = field(default_factory=dict)
+    # A validation pod that has not finished by then is stopped and the job fails (DeadlineExceeded).
+    validation_deadline_seconds: int = 1800
+    # The validation pod's scratch (the model's small files and one dataset file at a time).
+    validation_scratch: str = "8Gi"
+    # Bounds on reading a job's inputs, passed to its pods in the trainer config.
+    input_limits: InputLimits = field(default_factory=InputLimits)
     # Namespaces to watch; empty: all namespaces.
     namespaces: tuple[str, ...] = ()
     # Threads for blocking Kubernetes client calls.
@@ -124,6 +143,9 @@ class OperatorSettings:
             validation_node_selector=_labels(
                 e.get("FTO_VALIDATION_NODE_SELECTOR", ""), "FTO_VALIDATION_NODE_SELECTOR"
             ),
+            validation_deadline_seconds=_int(e, "FTO_VALIDATION_DEADLINE_SECONDS", 1800, 30),
+            validation_scratch=e.get("FTO_VALIDATION_SCRATCH") or "8Gi",
+            input_limits=_input_limits(e),
             namespaces=tuple(n for n in e.get("FTO_NAMESPACES", "").split(",") if n.strip()),
             api_workers=_int(e, "FTO_API_WORKERS", 16, 1),
             metrics_listen_port=_int(e, "FTO_METRICS_PORT", 8080, 0),

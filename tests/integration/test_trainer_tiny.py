@@ -210,6 +210,71 @@ def test_bad_datasets_fail_validation_with_report(
     ), report
 
 
+LIMITS = {"maxRows": 6, "maxLineBytes": 8192, "maxFileBytes": 64 * 1024, "maxJsonDepth": 8}
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+@pytest.mark.parametrize(
+    ("train", "line", "needle"),
+    [
+        (_lines(GOOD, '{"messages": ' + "[" * 9 + "]" * 9 + "}"), 2, "nested 10 levels deep"),
+        (_lines(GOOD, '{"text": ' + "9" * 5000 + "}"), 2, "4300 digits"),
+        # U+2028 is a line end for str.splitlines, not for JSONL: the bad row is line 2, not 3.
+        (
+            _lines(json.dumps(GOOD, ensure_ascii=False).replace('"q"', '"a\u2028b"'), "{oops"),
+            2,
+            "not valid JSON",
+        ),
+        (_lines(GOOD).encode() + b'{"text": "caf\xe9"}\n', 2, "not UTF-8 text"),
+        (_lines(*[GOOD] * 7), 7, "more than 6 rows"),
+        (_lines(GOOD, {"text": "x" * 9000}), 2, "longer than 8192 bytes"),
+        (_lines(*[{"text": "x" * 4000}] * 20), None, "more than the platform's limit of 65536"),
+    ],
+    ids=["deep", "huge-integer", "u2028", "latin-1", "rows", "line-length", "file-size"],
+)
+def test_hostile_datasets_fail_validation_with_their_line_within_limits(
+    tiny: dict[str, Any],
+    s3_env: dict[str, str],
+    tmp_path: Path,
+    *,
+    train: str | bytes,
+    line: int | None,
+    needle: str,
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    client.put_object(
+        Bucket=bucket, Key="data/train.jsonl", Body=train if isinstance(train, bytes) else train.encode()
+    )
+    config = base_config(bucket, tiny["model"], f"s3://{bucket}/data/train.jsonl", None, "hostile")
+    config["limits"] = LIMITS
+    started = time.monotonic()
+    # The real CLI in its own process, as in the pod: nothing may escape as a crash.
+    run = run_trainer(
+        "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch"
+    )
+    assert time.monotonic() - started < 120
+    assert run.returncode == 42, run.stderr[-3000:]
+    assert run.termination["reason"] == "InvalidDataset"
+    assert (run.termination.get("file"), run.termination.get("line")) == ("train", line)
+    report = get_json(client, bucket, "hostile/reports/validation.json")
+    assert report["valid"] is False
+    assert any(e["line"] == line and needle in e["message"] for e in report["errors"]), report["errors"]
+
+
+def test_nesting_past_the_json_parser_is_an_invalid_row_not_a_crash(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/deep.jsonl", _lines(GOOD, DEEP, GOOD))
+    config = base_config(bucket, tiny["model"], train, None, "deep")
+    run = run_trainer(
+        "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch"
+    )
+    assert run.returncode == 42, run.stderr[-3000:]
+    assert (run.termination["reason"], run.termination.get("line")) == ("InvalidDataset", 2)
+    assert "nested deeper than 32 levels" in run.termination["message"]
+
+
 def test_missing_model_is_permanent(
     tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -64,7 +64,8 @@ def test_pods_are_hardened_and_owned(kind: str) -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["allowPrivilegeEscalation"] is False
-    assert {"name": "scratch", "emptyDir": {}} in pod["volumes"]
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert set(scratch) == {"name", "emptyDir"}
     assert container(pod)["image"] == "finetune-operator/trainer-stub:dev"
 
 
@@ -87,6 +88,26 @@ def test_validation_pod_requests_no_gpu_and_runs_validate() -> None:
     assert "nvidia.com/gpu" not in json.dumps(c["resources"])
     assert c["args"] == ["validate", "--config", "/etc/finetune/config.json"]
     assert pod["metadata"]["name"].startswith("bot-validate-")
+
+
+def test_validation_pod_is_bounded_in_time_and_disk_and_its_config_carries_the_input_limits() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "FTO_VALIDATION_DEADLINE_SECONDS": "600",
+            "FTO_VALIDATION_SCRATCH": "3Gi",
+            "FTO_DATASET_MAX_ROWS": "5000",
+            "FTO_TEMPLATE_SECONDS": "2.5",
+        }
+    )
+    pod = manifests.validation_pod(REF, spec(), settings)
+    assert pod["spec"]["activeDeadlineSeconds"] == 600
+    scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "scratch")
+    assert scratch["emptyDir"] == {"sizeLimit": "3Gi"}
+    assert container(pod["spec"])["resources"]["requests"]["ephemeral-storage"] == "3Gi"
+    limits = manifests.trainer_config(REF, spec(), settings).limits
+    assert (limits.max_rows, limits.template_seconds, limits.max_json_depth) == (5000, 2.5, 32)
+    with pytest.raises(ValueError, match="FTO_DATASET_MAX_JSON_DEPTH must be at least 2"):
+        OperatorSettings.from_env({"FTO_DATASET_MAX_JSON_DEPTH": "1"})
 
 
 def test_validation_pod_name_is_stable_across_mutable_fields() -> None:

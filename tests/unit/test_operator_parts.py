@@ -88,6 +88,15 @@ def test_oom_killed_reason_wins_over_exit_code() -> None:
     assert f.reason == "OOMKilled"
 
 
+def test_a_pod_stopped_at_its_deadline_says_so_not_its_exit_code() -> None:
+    pod = failed_pod(143, "Terminated")
+    pod["status"] |= {"reason": "DeadlineExceeded", "message": "Pod was active on the node longer than 600s"}
+    f = classify_pod(pod)
+    assert f is not None
+    assert (f.reason, f.permanent) == ("DeadlineExceeded", True)
+    assert "longer than 600s" in f.message
+
+
 def test_termination_message_is_typed_or_nothing() -> None:
     assert termination_summary(failed_pod(1, "plain log tail")) is None
     # Not a summary of the contract (no reason): not guessed at.

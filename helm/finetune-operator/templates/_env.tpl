@@ -48,6 +48,20 @@ replicas would otherwise fight over one port.
   value: {{ .Values.validation.memoryLimit | quote }}
 - name: FTO_VALIDATION_NODE_SELECTOR
   value: {{ include "fto.kvList" .Values.validation.nodeSelector | quote }}
+- name: FTO_VALIDATION_DEADLINE_SECONDS
+  value: {{ .Values.validation.deadlineSeconds | quote }}
+- name: FTO_VALIDATION_SCRATCH
+  value: {{ .Values.validation.scratch | quote }}
+- name: FTO_DATASET_MAX_FILE_BYTES
+  value: {{ .Values.limits.dataset.maxFileBytes | int64 | quote }}
+- name: FTO_DATASET_MAX_ROWS
+  value: {{ .Values.limits.dataset.maxRows | int64 | quote }}
+- name: FTO_DATASET_MAX_LINE_BYTES
+  value: {{ .Values.limits.dataset.maxLineBytes | int64 | quote }}
+- name: FTO_DATASET_MAX_JSON_DEPTH
+  value: {{ .Values.limits.dataset.maxJsonDepth | int64 | quote }}
+- name: FTO_TEMPLATE_SECONDS
+  value: {{ .Values.limits.dataset.templateSeconds | quote }}
 - name: FTO_METRICS_PORT
   value: {{ ternary .Values.ports.metrics 0 .Values.metrics.enabled | quote }}
 - name: FTO_METRICS_HOST
