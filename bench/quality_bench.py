@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,26 @@ def run_one(s3: Any, data_set: str, namespace: str, endpoint: str, timeout: floa
     name = f"quality-{data_set}"
     body = job(name, data_set, endpoint)
     clear_previous_run(s3, name, namespace, body["spec"]["output"]["uri"])
-    started = time.monotonic()
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(body))
-    obj = follow(name, namespace, timeout)
-    minutes = (time.monotonic() - started) / 60
+    return row(s3, data_set, follow(name, namespace, timeout))
+
+
+def collect(s3: Any, data_set: str, namespace: str) -> dict[str, Any]:
+    """The row of a job that already ran (e.g. when a long run of several sets was stopped)."""
+    obj = json.loads(kubectl("get", "ftj", f"quality-{data_set}", "-n", namespace, "-o", "json"))
+    return row(s3, data_set, obj)
+
+
+def _minutes(obj: dict[str, Any]) -> float:
+    """Creation to completion, as the API server recorded them."""
+    start = datetime.fromisoformat(obj["metadata"]["creationTimestamp"])
+    end = datetime.fromisoformat(obj["status"]["completionTime"])
+    return (end - start).total_seconds() / 60
+
+
+def row(s3: Any, data_set: str, obj: dict[str, Any]) -> dict[str, Any]:
     status = obj.get("status") or {}
+    name = obj["metadata"]["name"]
     if status.get("phase") != "Succeeded":
         raise SystemExit(f"{name} ended {status.get('phase')}: {status.get('message')}")
     result = json.loads(
@@ -89,7 +104,7 @@ def run_one(s3: Any, data_set: str, namespace: str, endpoint: str, timeout: floa
             f"{resolved.get('effectiveBatchSize')}, lr {resolved.get('learningRate')}"
         ),
         "published": f"{result.get('publishedStep')}/{result.get('totalSteps')}",
-        "minutes": round(minutes, 1),
+        "minutes": round(_minutes(obj), 1),
     }
 
 
@@ -127,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", default="http://127.0.0.1:18333")
     parser.add_argument("--timeout", type=float, default=7200)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument(
+        "--collect", action="store_true", help="read the sets' finished jobs instead of running them"
+    )
     args = parser.parse_args(argv)
     load_env()
     s3 = s3_client()
-    upload_inputs(s3)
-    create_secret(args.namespace)
-    rows = [run_one(s3, s, args.namespace, args.endpoint, args.timeout) for s in args.sets]
+    if args.collect:
+        rows = [collect(s3, s, args.namespace) for s in args.sets]
+    else:
+        upload_inputs(s3)
+        create_secret(args.namespace)
+        rows = [run_one(s3, s, args.namespace, args.endpoint, args.timeout) for s in args.sets]
     print("\n".join([HEADER, *map(row_line, rows)]))
     if args.write_docs:
         text = merged_table({r["set"]: row_line(r) for r in rows}, read_section("quality"))
