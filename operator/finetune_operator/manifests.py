@@ -272,7 +272,7 @@ def _pod_spec(
     return pod
 
 
-def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings) -> JSON:
+def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, try_: int = 0) -> JSON:
     """The CPU-only pod that checks dataset, model and output before any GPU is requested."""
     resources = {
         "requests": {
@@ -304,7 +304,7 @@ def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": names.validation_pod_name(ref.name, hash_),
+            "name": names.validation_pod_name(ref.name, hash_, try_),
             "namespace": ref.namespace,
             "labels": labels(ref, COMPONENT_VALIDATION),
             "annotations": {ANNOTATION_SPEC_HASH: hash_},

@@ -4,7 +4,7 @@ Every child name must be a DNS label (at most 63 characters); the trainer Job's 
 prefix of its indexed pods' hostnames (<job>-<index>) and of a per-attempt Service, so it must be an
 RFC 1035 label with room for "-<index>". The CRD limits metadata.name to MAX_NAME_LENGTH = 40:
 
-    <name>-validate-<8 hex>   40 + 10 + 8           = 58
+    <name>-validate-<8 hex>   40 + 10 + 8           = 58  (retries: -r<N>, N < 100: 62)
     <name>-train-a<N>         40 + 8 + digits(N)     <= 60 for N < 10**12 (3 left for "-<index>", nodes <= 64)
     <name>-config             40 + 7                 = 47
 
@@ -47,12 +47,29 @@ def _checked(name: str, limit: int = DNS_LABEL_MAX) -> str:
     return name
 
 
-def validation_pod_name(job_name: str, hash_: str) -> str:
-    """The CPU-only validation pod: <name>-validate-<hash>."""
+# Tries of one validation (the first and its retries after transient failures).
+MAX_VALIDATION_TRIES: Final = 100
+
+
+def validation_pod_name(job_name: str, hash_: str, try_: int = 0) -> str:
+    """The CPU-only validation pod: <name>-validate-<hash>, and <name>-validate-<hash>-r<N> for retry N."""
     check_job_name(job_name)
     if not re.fullmatch(rf"[0-9a-f]{{{SPEC_HASH_LENGTH}}}", hash_):
         raise ValueError(f"hash must be {SPEC_HASH_LENGTH} lowercase hex digits (spec_hash), not {hash_!r}")
-    return _checked(f"{job_name}-validate-{hash_}")
+    if not 0 <= try_ < MAX_VALIDATION_TRIES:
+        raise ValueError(f"validation try must be 0-{MAX_VALIDATION_TRIES - 1}, not {try_}")
+    return _checked(f"{job_name}-validate-{hash_}" + (f"-r{try_}" if try_ else ""))
+
+
+def validation_try(pod_name: str, job_name: str, hash_: str) -> int | None:
+    """Which try of this validation `pod_name` is; None for another job's or another spec's pod."""
+    base = f"{job_name}-validate-{hash_}"
+    if pod_name == base:
+        return 0
+    rest = pod_name.removeprefix(base + "-r")
+    if rest != pod_name and rest.isdigit() and not rest.startswith("0"):
+        return int(rest)
+    return None
 
 
 def trainer_job_name(job_name: str, attempt: int) -> str:

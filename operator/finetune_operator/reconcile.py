@@ -43,7 +43,14 @@ from .api import (
 )
 from .cost import PriceTable, estimate, over_budget, pod_gpu_seconds, usage
 from .failures import Failure as ChildFailure
-from .failures import classify_job, classify_pod, job_condition, pod_blocker, termination_summary
+from .failures import (
+    classify_job,
+    classify_pod,
+    job_condition,
+    pod_blocker,
+    terminated_state,
+    termination_summary,
+)
 from .manifests import JobRef
 from .progress import Sample, checkpoint_status, next_metrics, next_progress
 from .settings import OperatorSettings
@@ -249,13 +256,20 @@ def _validate(
     settings: OperatorSettings,
     config_map: JSON,
 ) -> bool:
-    """Drive the validation pod; True once it passed (training may start in the same pass)."""
-    pod_name = names.validation_pod_name(job.ref.name, manifests.validation_hash(spec))
+    """Drive the validation pod; True once it passed (training may start in the same pass).
+
+    A try that fails for a reason that may pass (a transient S3 error, an eviction, a crash) is
+    retried in a new pod after a back-off, within spec.retries.limit (shared with the trainer
+    attempts); the failed pods stay for their logs until the job is deleted.
+    """
+    tries = _validation_tries(job, spec, obs)
+    current = max(tries, default=0)
+    pod_name = names.validation_pod_name(job.ref.name, manifests.validation_hash(spec), current)
     b.st.validation_pod_name = pod_name
-    pod = next((p for p in obs.validation_pods if _name(p) == pod_name), None)
+    pod = tries.get(current)
     if pod is None:
         b.create(config_map)
-        b.create(manifests.validation_pod(job.ref, spec, settings))
+        b.create(manifests.validation_pod(job.ref, spec, settings, current))
         text = f"validating the dataset, base model and output location in pod {pod_name} (no GPU yet)"
         b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
         b.message(Reason.VALIDATING, text)
@@ -289,6 +303,8 @@ def _validate(
                 f"{pod_name}",
                 permanent=True,
             )
+        if not f.permanent:
+            return _retry_validation(b, job=job, spec=spec, settings=settings, tries=tries, failure=f)
         b.set(ConditionType.VALIDATED, FALSE, f.reason, f.message)
         b.fail(f.reason, f.message, exit_code=f.exit_code)
         return False
@@ -308,6 +324,74 @@ def _validate(
         b.set(ConditionType.STALLED, TRUE, blocker.reason, text)
         if _age(pod, b.now) > settings.image_pull_timeout:
             b.fail(blocker.reason, text)
+    return False
+
+
+def _validation_tries(job: JobInput, spec: FineTuneJobSpec, obs: Observed) -> dict[int, JSON]:
+    """This spec's validation pods by try (pods of an earlier spec hash are not counted)."""
+    hash_ = manifests.validation_hash(spec)
+    tries = {}
+    for pod in obs.validation_pods:
+        n = names.validation_try(_name(pod), job.ref.name, hash_)
+        if n is not None:
+            tries[n] = pod
+    return tries
+
+
+def validation_retries_used(job: JobInput, spec: FineTuneJobSpec, obs: Observed) -> int:
+    """Failed validation tries that count against spec.retries.limit (an eviction does not)."""
+    failures = (classify_pod(p) for p in _validation_tries(job, spec, obs).values() if _phase(p) == "Failed")
+    return sum(1 for f in failures if f is not None and f.counts)
+
+
+def validation_backoff(retry: int) -> float:
+    """Seconds before validation retry `retry` (1, 2, ...): 10, 20, 40, ... at most 300."""
+    return float(min(10 * 2 ** (retry - 1), 300))
+
+
+def _finished_at(pod: JSON) -> datetime | None:
+    term = terminated_state(pod)
+    return _parse_time((term or {}).get("finishedAt")) or _parse_time(
+        (pod.get("metadata") or {}).get("creationTimestamp")
+    )
+
+
+def _retry_validation(
+    b: _Builder,
+    *,
+    job: JobInput,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    tries: Mapping[int, JSON],
+    failure: ChildFailure,
+) -> bool:
+    current = max(tries)
+    used = validation_retries_used(job, spec, Observed(validation_pods=list(tries.values())))
+    limit = spec.retries.limit
+    what = f"validation pod {_name(tries[current])} failed ({failure.reason}: {failure.message})"
+    if used > limit or current + 1 >= names.MAX_VALIDATION_TRIES:
+        text = (
+            f"{what} and the retry budget (spec.retries.limit={limit}) is used up; fix the cause or raise "
+            "the limit and create a new job"
+        )
+        b.set(ConditionType.VALIDATED, FALSE, failure.reason, text)
+        b.fail(Reason.RETRIES_EXHAUSTED, text, exit_code=failure.exit_code)
+        return False
+    wait = validation_backoff(current + 1)
+    finished = _finished_at(tries[current])
+    left = wait - (b.now - finished).total_seconds() if finished else 0.0
+    if left > 0:
+        text = f"{what}; retrying in {left:.0f}s (retries used {used} of {limit})"
+        b.set(ConditionType.VALIDATED, FALSE, failure.reason, text)
+        b.message(failure.reason, text)
+        return False
+    name = names.validation_pod_name(job.ref.name, manifests.validation_hash(spec), current + 1)
+    b.create(manifests.validation_pod(job.ref, spec, settings, current + 1))
+    b.st.validation_pod_name = name
+    text = f"{what}; validating again in pod {name} (retries used {used} of {limit})"
+    b.set(ConditionType.VALIDATED, FALSE, Reason.VALIDATING, text)
+    b.message(failure.reason, text)
+    b.event("Warning", failure.reason, text)
     return False
 
 
@@ -401,7 +485,13 @@ def _train(
             b.message(Reason.SUSPENDED, text)
             return
         _start_attempt(
-            b, job=job, spec=spec, settings=settings, config_map=config_map, attempt=1, retries_used=0
+            b,
+            job=job,
+            spec=spec,
+            settings=settings,
+            config_map=config_map,
+            attempt=1,
+            retries_used=validation_retries_used(job, spec, obs),
         )
         b.clear(ConditionType.SUSPENDED, Reason.RESUMED, "resumed")
         if not b.decision.done:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from tests.support import operator as ops
 from tests.support.kube import kubectl, kubectl_json, wait_for
+from tests.support.tcpproxy import Forwarder
 
 pytestmark = pytest.mark.cluster
 
@@ -202,6 +204,47 @@ def test_transient_failures_retry_then_exhaust(
     assert "TransientError" in failed["message"]
     assert len(ops.children(ns, "jobs", "broken")) == 2
     assert any(e["reason"] == "TransientError" for e in events(ns, "broken"))
+
+
+def test_a_transient_s3_error_in_validation_is_retried_and_the_job_succeeds(
+    env: dict[str, str], s3_env: dict[str, str], operator: ops.Operator
+) -> None:
+    ns = env["namespace"]
+    # The job's S3 endpoint is down while its first validation pod runs, and up for the retry.
+    s3 = urlparse(env["endpoint"])
+    port = ops.free_port()
+    proxy = Forwarder(port, (s3.hostname or "127.0.0.1", s3.port or 80))
+    job = make_job(env, s3_env, "flaky-s3", ops.chat_rows(8), {"stepSeconds": 0.1}, batch_size=4)
+    job["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{port}"
+    ops.apply(job)
+    try:
+        waiting = wait_for(
+            lambda: (
+                (m := ops.ftj("flaky-s3", ns).get("status", {}).get("message") or "")
+                and "retrying in" in m
+                and m
+            ),
+            180,
+            "the first validation pod to fail with a transient error",
+        )
+        assert "TransientError" in waiting
+        assert "retries used" in waiting
+        proxy.start()
+        obj = ops.wait_phase("flaky-s3", ns, {"Succeeded", "Failed"}, 240, operator)
+    finally:
+        proxy.close()
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", st
+    # Usually one retry; a second if the operator first looked after the back-off had passed.
+    name, _, tries = st["validationPodName"].rpartition("-r")
+    assert tries in ("1", "2"), st["validationPodName"]
+    pods = {p["metadata"]["name"]: p for p in ops.children(ns, "pod", "flaky-s3")}
+    failed = [n for n in pods if n.startswith(name) and pods[n]["status"]["phase"] == "Failed"]
+    assert len(failed) == int(tries)  # kept for their logs
+    assert "TransientError" in [e["reason"] for e in events(ns, "flaky-s3")]
+    # The retries are charged to the budget the trainer attempts share.
+    job_obj = ops.children(ns, "job", "flaky-s3")[0]
+    assert job_obj["metadata"]["annotations"]["finetune.dev/retries-used"] == tries
 
 
 def test_too_many_gpus_is_queued_with_the_schedulers_message(

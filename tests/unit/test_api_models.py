@@ -526,11 +526,29 @@ def test_child_names_fit_for_the_longest_job_name() -> None:
     assert len(digest) == 8
     assert names.spec_hash(copy.deepcopy(MINIMAL)) == digest
     assert len(names.validation_pod_name(longest, digest)) <= 63
+    assert len(names.validation_pod_name(longest, digest, names.MAX_VALIDATION_TRIES - 1)) <= 63
     assert len(names.trainer_job_name(longest, 999_999)) + len("-63") <= 63
     assert len(names.config_map_name(longest)) <= 63
     assert names.trainer_job_name("smollm2-facts", 1) == "smollm2-facts-train-a1"
     assert names.validation_pod_name("smollm2-facts", digest) == f"smollm2-facts-validate-{digest}"
     assert names.config_map_name("smollm2-facts") == "smollm2-facts-config"
+
+
+def test_validation_tries_are_named_and_read_back() -> None:
+    digest = names.spec_hash(MINIMAL)
+    for try_ in (0, 1, 12, names.MAX_VALIDATION_TRIES - 1):
+        assert names.validation_try(names.validation_pod_name("bot", digest, try_), "bot", digest) == try_
+    other = names.spec_hash({"other": 1})
+    for name in (
+        names.validation_pod_name("bot", other, 1),  # another spec's
+        names.validation_pod_name("bot-2", digest),  # another job's
+        f"bot-validate-{digest}-r01",
+        f"bot-validate-{digest}-rx",
+        f"bot-validate-{digest}-r",
+    ):
+        assert names.validation_try(name, "bot", digest) is None
+    with pytest.raises(ValueError, match="validation try"):
+        names.validation_pod_name("bot", digest, names.MAX_VALIDATION_TRIES)
 
 
 def test_crd_name_limit_is_the_names_limit() -> None:

@@ -103,11 +103,11 @@ def pod(
     }
 
 
-def vpod(phase: str, **kw: Any) -> dict[str, Any]:
+def vpod(phase: str, try_: int = 0, **kw: Any) -> dict[str, Any]:
     from finetune_operator import manifests, names
 
     return pod(
-        names.validation_pod_name("bot", manifests.validation_hash(make_spec())),
+        names.validation_pod_name("bot", manifests.validation_hash(make_spec()), try_),
         phase,
         component="validation",
         **kw,
@@ -235,6 +235,55 @@ def test_invalid_input_fails_before_any_gpu(message: Failed | str, reason: str, 
     assert d.status.last_failure.exit_code == 42
     assert [(e.type, e.reason) for e in d.events] == [("Warning", reason)]
     assert d.status.completion_time == NOW
+
+
+TRANSIENT = Failed(reason=FailureReason.TRANSIENT_ERROR, exit_code=75, message="reading s3://data: timeout")
+
+
+def test_a_transient_validation_failure_is_retried_after_a_backoff_within_the_budget() -> None:
+    failed0 = vpod("Failed", state=terminated(75, TRANSIENT, end=-3))
+    # Within the back-off (10 s after the first failure): nothing is created, the wait is said.
+    d = run(run().status, vpods=[failed0])
+    assert d.create == []
+    assert not d.done
+    assert cond(d, ConditionType.VALIDATED) == ("False", "TransientError")
+    assert "retrying in 7s (retries used 1 of 2)" in (d.status.message or "")
+    # After it: the next try, with its own name; the failed pod stays for its logs.
+    d = run(d.status, vpods=[failed0], now=NOW + timedelta(seconds=8))
+    assert [k for k, _ in kinds(d)] == ["Pod"]
+    assert kinds(d)[0][1].endswith("-r1")
+    assert d.status.validation_pod_name == kinds(d)[0][1]
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "TransientError")]
+    # The retry passes: attempt 1 starts with the retry already counted against the shared budget.
+    passed = vpod("Succeeded", 1, state=terminated(0, VALIDATED))
+    d = run(d.status, vpods=[failed0, passed], now=NOW + timedelta(seconds=30))
+    assert kinds(d) == [("ConfigMap", "bot-config"), ("Job", "bot-train-a1")]
+    assert d.create[1]["metadata"]["annotations"]["finetune.dev/retries-used"] == "1"
+
+
+def test_validation_retries_stop_when_the_budget_is_used_and_evictions_do_not_count() -> None:
+    evicted = {"type": "DisruptionTarget", "status": "True", "message": "evicted: node pressure"}
+    tries = [
+        vpod("Failed", 0, conditions=[evicted]),
+        vpod("Failed", 1, state=terminated(75, TRANSIENT, end=-400)),
+        vpod("Failed", 2, state=terminated(1, "Traceback ... KeyError", end=-200)),
+    ]
+    d = run(run().status, vpods=tries)
+    assert [k for _, k in kinds(d)] == [tries[2]["metadata"]["name"].replace("-r2", "-r3")]
+    tries.append(vpod("Failed", 3, state=terminated(75, TRANSIENT, end=-100)))
+    d = run(d.status, vpods=tries)
+    assert d.done
+    assert cond(d, ConditionType.FAILED) == ("True", "RetriesExhausted")
+    assert "spec.retries.limit=2" in (d.status.message or "")
+
+
+def test_a_validation_pod_stopped_at_its_deadline_fails_the_job_naming_the_limit() -> None:
+    stopped = vpod("Failed", state=terminated(143, "Terminated"))
+    stopped["status"] |= {"reason": "DeadlineExceeded", "message": "Pod was active longer than 1800s"}
+    d = run(run().status, vpods=[stopped])
+    assert d.done
+    assert cond(d, ConditionType.FAILED) == ("True", "DeadlineExceeded")
+    assert "validation.deadlineSeconds" in (d.status.message or "")
 
 
 def test_secret_not_found_stalls_validation_then_fails() -> None:
