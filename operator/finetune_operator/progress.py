@@ -178,12 +178,22 @@ def checkpoint_status(output_prefix: str, refs: Sequence[CheckpointRef]) -> list
     ][-100:]
 
 
+# A trainer's /metrics is a few KiB (100 checkpoint series at most); the pod runs the user's job, so
+# what it serves is read with a bound in time (the session's timeout) and in size.
+MAX_SCRAPE_BYTES: Final = 1024 * 1024
+
+
 async def scrape(session: aiohttp.ClientSession, pod_ip: str, port: int, timeout: float) -> Sample | None:
     url = f"http://{pod_ip}:{port}/metrics"
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if resp.status != 200:
                 return None
-            return parse_metrics(await resp.text())
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_SCRAPE_BYTES:
+                    return None
+            return parse_metrics(body.decode("utf-8", errors="replace"))
     except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
         return None

@@ -24,7 +24,15 @@ from . import metrics
 from .api import FineTuneJobSpec, FineTuneJobStatus
 from .cost import PriceTable, parse_price_table
 from .kube import Kube, is_status
-from .manifests import COMPONENT_TRAINER, COMPONENT_VALIDATION, LABEL_COMPONENT, JobRef
+from .manifests import (
+    COMPONENT_TRAINER,
+    COMPONENT_VALIDATION,
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    JobRef,
+)
 from .progress import Sample, scrape
 from .reconcile import Decision, JobInput, Observed, reconcile, scrape_target
 from .settings import OperatorSettings
@@ -102,8 +110,15 @@ def _component(obj: JSON) -> str:
     return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT, ""))
 
 
-def _owners(obj: JSON) -> set[str]:
-    return {str(ref.get("uid")) for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}
+def _controller(obj: JSON) -> str | None:
+    """The UID of the object's controller (the owner reference with controller: true)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(r.get("uid")) for r in refs if r.get("controller") is True), None)
+
+
+def _labelled_for(obj: JSON, job_name: str) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(LABEL_MANAGED_BY) == MANAGED_BY and labels.get(LABEL_JOB) == job_name
 
 
 def observe(
@@ -112,14 +127,17 @@ def observe(
     pods_index: Mapping[Key, Iterable[JSON]],
     jobs_index: Mapping[Key, Iterable[JSON]],
 ) -> tuple[list[JSON], list[JSON], list[JSON]]:
-    """The job's validation pods, trainer pods and trainer Jobs. Only children of this very object count
-    (by owner UID): a FineTuneJob deleted and created again under the same name must not see the
-    children of its predecessor that the garbage collector has not removed yet."""
-    jobs = [j for j in _plain(jobs_index.get(key)) if owner_uid in _owners(j)]
+    """The job's validation pods, trainer pods and trainer Jobs. Only children of this very object count:
+    controlled by it (the controller owner reference's UID: a FineTuneJob deleted and created again under
+    the same name must not see the children of its predecessor that the garbage collector has not
+    removed yet) and labelled for it (an owner reference alone is easy to forge on a pod a tenant
+    creates, and a trainer pod is controlled by its Job, not by us)."""
+    name = key[1]
+    jobs = [j for j in _plain(jobs_index.get(key)) if _controller(j) == owner_uid and _labelled_for(j, name)]
     job_uids = {str((j.get("metadata") or {}).get("uid")) for j in jobs}
-    pods = _plain(pods_index.get(key))
-    validation = [p for p in pods if _component(p) == COMPONENT_VALIDATION and owner_uid in _owners(p)]
-    trainer = [p for p in pods if _component(p) == COMPONENT_TRAINER and _owners(p) & job_uids]
+    pods = [p for p in _plain(pods_index.get(key)) if _labelled_for(p, name)]
+    validation = [p for p in pods if _component(p) == COMPONENT_VALIDATION and _controller(p) == owner_uid]
+    trainer = [p for p in pods if _component(p) == COMPONENT_TRAINER and _controller(p) in job_uids]
     return validation, trainer, jobs
 
 

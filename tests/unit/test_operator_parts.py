@@ -346,15 +346,21 @@ def test_settings_from_env() -> None:
         OperatorSettings.from_env({"FTO_VALIDATION_NODE_SELECTOR": "pool"})
 
 
-def test_children_of_a_predecessor_with_the_same_name_are_ignored() -> None:
+def test_children_of_a_predecessor_or_forged_ones_are_ignored() -> None:
     from finetune_operator.service import observe
 
-    def obj(component: str, uid: str, owner: str) -> dict[str, Any]:
+    def obj(
+        component: str, uid: str, owner: str, controller: bool = True, job: str = "bot"
+    ) -> dict[str, Any]:
         return {
             "metadata": {
                 "uid": uid,
-                "ownerReferences": [{"uid": owner}],
-                "labels": {"app.kubernetes.io/component": component},
+                "ownerReferences": [{"uid": owner, "controller": controller}],
+                "labels": {
+                    "app.kubernetes.io/component": component,
+                    "app.kubernetes.io/managed-by": "finetune-operator",
+                    "finetune.dev/job": job,
+                },
             }
         }
 
@@ -366,6 +372,9 @@ def test_children_of_a_predecessor_with_the_same_name_are_ignored() -> None:
             obj("validation", "v-new", "ftj-new"),
             obj("trainer", "t-old", "job-old"),
             obj("trainer", "t-new", "job-new"),
+            # Forged by a tenant: an owner reference that is not the controller, or the wrong labels.
+            obj("validation", "v-forged", "ftj-new", controller=False),
+            obj("trainer", "t-forged", "job-new", job="other"),
         ]
     }
     validation, trainer, trainer_jobs = observe(key, "ftj-new", pods, jobs)
