@@ -377,6 +377,45 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
     assert min(json.loads(line)["step"] for line in log.splitlines() if '"loss"' in line) <= 3
 
 
+def test_a_complete_checkpoint_that_does_not_verify_is_skipped_for_the_one_before(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(96))
+    cfg = base_config(bucket, tiny["model"], train, None, "torn")
+    cfg["checkpointing"] = {"everySteps": 2, "keep": 3}
+    path = write_config(tmp_path / "torn.json", cfg)
+
+    def complete() -> list[int]:
+        keys = list_keys(client, bucket, "torn/checkpoints/")
+        return sorted(int(k.split("/")[2][5:]) for k in keys if k.endswith("/COMPLETE"))
+
+    proc = start_trainer("train", path, s3_env, tmp_path / "first")
+    deadline = time.monotonic() + 240
+    while len(complete()) < 2:
+        assert proc.poll() is None, "trainer exited before its second checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc, tmp_path / "first").returncode == 76
+    *_, before, newest = complete()
+    # The newest is "complete" (its marker exists) but one of its files was cut short afterwards.
+    key = next(
+        k for k in list_keys(client, bucket, f"torn/checkpoints/step-{newest}/") if k.endswith(".safetensors")
+    )
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
+
+    second = run_trainer("train", path, s3_env, tmp_path / "second")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.termination["resumedFromStep"] == before
+    result = get_json(client, bucket, "torn/reports/result.json")
+    [skipped] = result["skippedCheckpoints"]
+    assert skipped["step"] == newest
+    assert "bytes, the marker says" in skipped["problem"]
+    assert f"checkpoint step {newest} does not verify" in second.stderr
+
+
 def _overfitting_config(tiny: dict[str, Any], out: str, *, epochs: int) -> dict[str, Any]:
     """A full fine-tune (every weight learns; the tiny model's LoRA barely moves its loss) at a high
     constant rate, validated on rows that ask train's own questions with other answers: the validation

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from finetune_trainer.checkpoints import CheckpointInfo, latest_complete, parse_listing, to_prune
+from pathlib import Path
+
+from finetune_trainer.checkpoints import (
+    CheckpointInfo,
+    file_digest,
+    latest_complete,
+    parse_listing,
+    to_prune,
+    verify,
+)
 
 PREFIX = "job/checkpoints/"
 
@@ -54,3 +63,30 @@ def test_prune_keeps_newest_complete_and_drops_incomplete() -> None:
     ]
     assert to_prune(listing, keep=2) == [10, 20, 30]
     assert to_prune(listing, keep=10) == [20]
+
+
+def _checkpoint(root: Path) -> dict[str, object]:
+    root.mkdir(parents=True)
+    (root / "adapter.safetensors").write_bytes(b"w" * 100)
+    (root / "sub").mkdir()
+    (root / "sub" / "state.json").write_text("{}")
+    return {
+        "files": ["adapter.safetensors", "sub/state.json"],
+        "digests": {n: file_digest(root / n) for n in ("adapter.safetensors", "sub/state.json")},
+    }
+
+
+def test_verify_names_what_is_wrong_with_a_checkpoint(tmp_path: Path) -> None:
+    marker = _checkpoint(tmp_path / "c")
+    assert verify(tmp_path / "c", marker) is None
+    (tmp_path / "c" / "adapter.safetensors").write_bytes(b"w" * 50)
+    assert verify(tmp_path / "c", marker) == "adapter.safetensors is 50 bytes, the marker says 100"
+    (tmp_path / "c" / "adapter.safetensors").write_bytes(b"x" * 100)
+    assert verify(tmp_path / "c", marker) == "adapter.safetensors does not match its sha256"
+    (tmp_path / "c" / "sub" / "state.json").unlink()
+    (tmp_path / "c" / "adapter.safetensors").write_bytes(b"w" * 100)
+    assert verify(tmp_path / "c", marker) == "sub/state.json is missing"
+    assert verify(tmp_path / "c", None) == "its COMPLETE marker is not readable JSON"
+    # A marker from before digests: presence only.
+    assert verify(tmp_path / "c", {"files": ["adapter.safetensors"]}) is None
+    assert verify(tmp_path / "c", {"files": ["sub/state.json"]}) == "sub/state.json is missing"

@@ -1,14 +1,19 @@
 """Checkpoints on S3: `checkpoints/step-N/` plus a `COMPLETE` marker written last.
 
 A checkpoint counts only once its marker exists: a pod killed halfway through an upload leaves
-a directory without a marker, which resume ignores and the next save prunes.
+a directory without a marker, which resume ignores and the next save prunes. The marker lists each
+file's size and sha256; a resume checks the download against it and, when a file is missing, short
+or changed (a truncated object, a bit flip, a hand edit), falls back to the previous complete
+checkpoint and says which one it skipped and why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +79,8 @@ class CheckpointStore:
         self.keep = keep
         # step -> when its marker says it was saved (markers never change once written)
         self._created: dict[int, datetime | None] = {}
+        # Complete checkpoints the last download_latest passed over: {"step", "problem"}.
+        self.skipped: list[dict[str, object]] = []
 
     def listing(self) -> list[CheckpointInfo]:
         return parse_listing(self.s3.list_keys(self.prefix), self.prefix.key)
@@ -103,10 +110,11 @@ class CheckpointStore:
         target = self.uri(step)
         started = time.monotonic()
         self.s3.upload_dir(local_dir, target)
-        files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+        paths = sorted((p for p in local_dir.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
         marker = {
             "step": step,
-            "files": files,
+            "files": [p.relative_to(local_dir).as_posix() for p in paths],
+            "digests": {p.relative_to(local_dir).as_posix(): file_digest(p) for p in paths},
             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.s3.put_bytes(target.join(MARKER), json.dumps(marker).encode(), "application/json")
@@ -120,10 +128,61 @@ class CheckpointStore:
             self.s3.delete_prefix(self.uri(step))
 
     def download_latest(self, dest_root: Path) -> tuple[int, Path] | None:
-        step = latest_complete(self.listing())
-        if step is None:
-            return None
-        dest = dest_root / f"checkpoint-{step}"
-        self.s3.download_prefix(self.uri(step), dest)
-        (dest / MARKER).unlink(missing_ok=True)
-        return step, dest
+        """The newest complete checkpoint that verifies, downloaded; `skipped` says what was passed over."""
+        self.skipped = []
+        complete = sorted((c.step for c in self.listing() if c.complete), reverse=True)
+        for step in complete:
+            dest = dest_root / f"checkpoint-{step}"
+            shutil.rmtree(dest, ignore_errors=True)
+            self.s3.download_prefix(self.uri(step), dest)
+            marker_path = dest / MARKER
+            problem = verify(dest, _read_marker(marker_path))
+            marker_path.unlink(missing_ok=True)
+            if problem is None:
+                return step, dest
+            log.warning("checkpoint step %d does not verify (%s); trying the one before", step, problem)
+            self.skipped.append({"step": step, "problem": problem})
+            shutil.rmtree(dest, ignore_errors=True)
+        return None
+
+
+def file_digest(path: Path) -> dict[str, object]:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _read_marker(path: Path) -> dict[str, object] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def verify(directory: Path, marker: dict[str, object] | None) -> str | None:
+    """None when every file the marker lists is there with its size and sha256; else what is wrong.
+
+    A marker from before digests were recorded is checked for its files' presence only.
+    """
+    if marker is None:
+        return "its COMPLETE marker is not readable JSON"
+    digests = marker.get("digests")
+    listed = marker.get("files")
+    if isinstance(digests, dict):
+        for name, want in sorted(digests.items()):
+            path = directory / str(name)
+            if not path.is_file():
+                return f"{name} is missing"
+            got = file_digest(path)
+            if not isinstance(want, dict) or got["size"] != want.get("size"):
+                return f"{name} is {got['size']} bytes, the marker says {want.get('size') if isinstance(want, dict) else '?'}"
+            if got["sha256"] != want.get("sha256"):
+                return f"{name} does not match its sha256"
+        return None
+    if isinstance(listed, list):
+        missing = [str(n) for n in listed if not (directory / str(n)).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    return "its COMPLETE marker lists no files"

@@ -340,6 +340,8 @@ def run_training(
     resume = store.download_latest(scratch / "resume")
     if resume:
         log.info("resuming from checkpoint step %d", resume[0])
+    elif store.skipped:
+        log.warning("no complete checkpoint verifies; starting from the base model")
     found = store.refs()
     metrics.report_checkpoints(found)
 
@@ -423,6 +425,7 @@ def run_training(
         "earlyStopped": callback.early_stopped,
         "publishedStep": published_step,
         "resumedFromStep": resume[0] if resume else None,
+        "skippedCheckpoints": store.skipped,
         "trainSeconds": round(train_seconds, 1),
         "log": log_sink,
         "checkpoints": callback.checkpoints,
@@ -569,6 +572,8 @@ def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: 
         "method": cfg.method.model_dump(by_alias=True, mode="json"),
         "hyperparameters": hyperparameters,
         "datasetSha256": prepared.dataset_sha256,
+        # Complete checkpoints that did not verify on resume (step, what was wrong).
+        "skippedCheckpoints": run["skippedCheckpoints"],
         "eval": run["eval"],
     }
     outputs.write_report(s3, cfg, "result.json", result, scratch)
