@@ -476,7 +476,10 @@ def _train(
         if b.decision.done:
             return
     if attempt < (b.old.attempts or 0):
-        # A Job we created is not in the index yet (or was deleted by hand): wait for it.
+        # A Job we created is not in the index yet (wait for it), or it was deleted by hand.
+        _after_deleted_job(
+            b, job=job, spec=spec, obs=obs, settings=settings, config_map=config_map, jobs=jobs
+        )
         return
     if attempt == 0:
         if spec.suspend:
@@ -538,6 +541,48 @@ def _train(
         b.fail(reason, text, attempt=attempt)
         return
     _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods, namespace=job.ref.namespace)
+
+
+def _after_deleted_job(
+    b: _Builder,
+    *,
+    job: JobInput,
+    spec: FineTuneJobSpec,
+    obs: Observed,
+    settings: OperatorSettings,
+    config_map: JSON,
+    jobs: Mapping[int, JSON],
+) -> None:
+    """The status says attempt N was started but its Job is gone: once it has had time to appear, a new
+    attempt resumes from the last complete checkpoint, the deletion counted as a failed attempt."""
+    missing = b.old.attempts or 0
+    # Attempt 1 starts with the job's start time; a later one right after its predecessor failed.
+    last = b.old.last_failure
+    created = last.time if missing > 1 and last is not None else b.old.start_time
+    if created is None or (b.now - created).total_seconds() < settings.job_visible_grace_seconds:
+        return
+    before = jobs.get(missing - 1)
+    if before is None:
+        used = validation_retries_used(job, spec, obs)
+    else:
+        annotations = (before.get("metadata") or {}).get("annotations") or {}
+        raw = str(annotations.get(manifests.ANNOTATION_RETRIES_USED, "0"))
+        pods = [p for p in obs.trainer_pods if attempt_of(p) == missing - 1]
+        used = (int(raw) if raw.isdigit() else 0) + (1 if classify_job(before, pods).counts else 0)
+    name = names.trainer_job_name(job.ref.name, missing)
+    _after_failure(
+        b,
+        job=job,
+        spec=spec,
+        settings=settings,
+        config_map=config_map,
+        attempt=missing,
+        retries_used=used,
+        failure=ChildFailure(
+            Reason.TRAINER_JOB_DELETED,
+            f"trainer Job {name} was deleted while the job was active (delete the FineTuneJob to stop it)",
+        ),
+    )
 
 
 def _reported_checkpoints(pods: Sequence[JSON]) -> list[CheckpointRef]:

@@ -98,6 +98,8 @@ class OperatorSettings:
     scrape_timeout: float = 2.0
     # A running trainer whose step has not moved for this long is Stalled.
     stall_seconds: int = 1800
+    # A trainer Job the operator created that is not in its index after this long was deleted by hand.
+    job_visible_grace_seconds: float = 60.0
     # A pod that cannot pull its image for this long fails the job (ImagePull).
     image_pull_timeout: int = 600
     # Grace for the trainer to write a checkpoint on SIGTERM (suspend, eviction, deletion).
@@ -136,6 +138,7 @@ class OperatorSettings:
             scrape_timeout=_float(e, "FTO_SCRAPE_TIMEOUT", 2.0, 0.1),
             stall_seconds=_int(e, "FTO_STALL_SECONDS", 1800, 1),
             image_pull_timeout=_int(e, "FTO_IMAGE_PULL_TIMEOUT", 600, 1),
+            job_visible_grace_seconds=_float(e, "FTO_JOB_VISIBLE_GRACE_SECONDS", 60.0, 1.0),
             termination_grace_seconds=_int(e, "FTO_TERMINATION_GRACE_SECONDS", 120, 1),
             validation_cpu=e.get("FTO_VALIDATION_CPU") or "250m",
             validation_memory=e.get("FTO_VALIDATION_MEMORY") or "512Mi",

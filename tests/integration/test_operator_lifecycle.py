@@ -317,6 +317,36 @@ def test_suspend_resume_delete(env: dict[str, str], s3_env: dict[str, str], oper
         wait_for(lambda k=kind: ops.children(ns, k, "pause") == [], 60, f"no {kind} left")  # type: ignore[misc]
 
 
+def test_a_trainer_job_deleted_by_hand_is_replaced_by_a_new_attempt(
+    env: dict[str, str], s3_env: dict[str, str]
+) -> None:
+    ns = env["namespace"]
+    with ops.running_operator(ns, FTO_JOB_VISIBLE_GRACE_SECONDS="5") as op:
+        ops.apply(
+            make_job(
+                env, s3_env, "orphan", ops.chat_rows(8), {"stepSeconds": 0.3, "totalSteps": 30}, every_steps=5
+            )
+        )
+        wait_for(
+            lambda: (ops.ftj("orphan", ns).get("status", {}).get("progress", {}).get("step") or 0) >= 6,
+            90,
+            "orphan to save a checkpoint",
+        )
+        kubectl("delete", "job", "orphan-train-a1", "-n", ns, "--wait=true", "--timeout=60s")
+        obj = ops.wait_phase("orphan", ns, {"Succeeded", "Failed"}, 180, op)
+        # Read before the operator fixture deletes the job and, with it, the pods.
+        pods = ops.children(ns, "pods", "orphan")
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", st
+    assert st["attempts"] == 2
+    assert st["lastFailure"]["reason"] == "TrainerJobDeleted"
+    assert "orphan-train-a1 was deleted" in st["lastFailure"]["message"]
+    # The new attempt resumed from the deleted one's checkpoint rather than starting over.
+    [second] = [p for p in pods if p["metadata"]["labels"].get("finetune.dev/attempt") == "2"]
+    summary = json.loads(second["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert summary["resumedFromStep"] >= 5
+
+
 def test_recreated_job_does_not_inherit_its_predecessors_children(
     env: dict[str, str], s3_env: dict[str, str], operator: ops.Operator
 ) -> None:

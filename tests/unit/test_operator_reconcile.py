@@ -510,6 +510,28 @@ def test_a_job_not_yet_in_the_index_is_not_created_twice() -> None:
     assert d2.create == []
 
 
+def test_a_trainer_job_deleted_by_hand_leads_to_a_new_attempt_that_counts() -> None:
+    failed = tpod(1, "Failed", state=terminated(75))
+    st = run(validated(), jobs=[tjob(1, cond="Failed")], tpods=[failed]).status
+    assert st.attempts == 2  # attempt 2 created (retries used 1), then deleted by hand
+    # Within the grace for the index to show it: still nothing.
+    later = NOW + timedelta(seconds=30)
+    assert run(st, jobs=[tjob(1, cond="Failed")], tpods=[failed], now=later).create == []
+    later = NOW + timedelta(seconds=90)
+    d = run(st, jobs=[tjob(1, cond="Failed")], tpods=[failed], now=later)
+    assert kinds(d)[-1] == ("Job", "bot-train-a3")
+    assert d.create[-1]["metadata"]["annotations"]["finetune.dev/retries-used"] == "2"
+    assert d.status.attempts == 3
+    assert d.status.last_failure is not None
+    assert d.status.last_failure.reason == "TrainerJobDeleted"
+    assert "bot-train-a2 was deleted" in (d.status.message or "")
+    # The first attempt's Job deleted: the budget starts from validation's retries (none here).
+    st1 = validated()
+    d = run(st1, now=NOW + timedelta(seconds=90))
+    assert kinds(d)[-1] == ("Job", "bot-train-a2")
+    assert d.create[-1]["metadata"]["annotations"]["finetune.dev/retries-used"] == "1"
+
+
 def test_restart_without_status_recomputes_from_children() -> None:
     """An operator that died before writing status decides the same from the children alone."""
     jobs = [tjob(1, cond="Failed", used=0), tjob(2, used=1)]

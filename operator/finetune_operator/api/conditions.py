@@ -64,6 +64,7 @@ class Reason(StrEnum):
     TRANSIENT_ERROR = "TransientError"
     PREEMPTED = "Preempted"
     NO_PROGRESS = "NoProgress"
+    TRAINER_JOB_DELETED = "TrainerJobDeleted"
     # terminal
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     RETRIES_EXHAUSTED = "RetriesExhausted"
