@@ -25,7 +25,7 @@ import yaml
 
 from tests.support import operator as ops
 from tests.support.helm import CHART, MONITORING_API, MONITORING_KINDS, helm, set_args
-from tests.support.kube import kubectl, kubectl_json, wait_for
+from tests.support.kube import enforce_restricted, kubectl, kubectl_json, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -86,6 +86,7 @@ class Release:
 @pytest.fixture
 def release(namespace: str) -> Iterator[Release]:
     rel = Release(f"fto-{namespace[-6:]}", namespace)
+    enforce_restricted(namespace)
     try:
         yield rel
     finally:

@@ -52,3 +52,16 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def enforce_restricted(namespace: str) -> None:
+    """Pod Security "restricted", enforced by the real API server: every pod the product creates in this
+    namespace (operator, validation, trainer) must be admitted under it, or the test fails there."""
+    kubectl(
+        "label",
+        "--overwrite",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
