@@ -60,6 +60,12 @@ def model_card(
     rows = "\n".join(
         f"| {k} | {v} |" for k, v in metrics.items() if v is not None and not isinstance(v, dict)
     )
+    # Without validation rows there is no best evaluation: the last step is what was published.
+    chosen = (
+        "the evaluation with the lowest validation loss"
+        if metrics.get("evalLoss") is not None
+        else "the last step: there were no validation rows to choose by"
+    )
     return f"""---
 library_name: peft
 base_model: {base}
@@ -71,8 +77,7 @@ Fine-tuned with finetune-operator ({cfg.method.type}) from `{base}`.
 
 - Dataset: `{cfg.dataset.train}` (sha256 of the rows used: `{dataset_sha256}`)
 - Validation: `{cfg.dataset.validation or "held out of train"}`
-- Weights: `{weight_file}`, from step {published_step} of {hp.get("totalSteps")} (the evaluation with the
-  lowest validation loss)
+- Weights: `{weight_file}`, from step {published_step} of {hp.get("totalSteps")} ({chosen})
 
 ## Method
 ```json
