@@ -130,7 +130,7 @@ class OperatorSettings:
             trainer_image=e.get("FTO_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
             operator_namespace=e.get("FTO_NAMESPACE") or e.get("POD_NAMESPACE") or "finetune-operator",
             price_configmap=e.get("FTO_PRICE_CONFIGMAP") or DEFAULT_PRICE_CONFIGMAP,
-            s3_endpoint=e.get("FTO_S3_ENDPOINT", ""),
+            s3_endpoint=_url(e, "FTO_S3_ENDPOINT"),
             hf_endpoint=_url(e, "FTO_HF_ENDPOINT"),
             metrics_port=_int(e, "FTO_TRAINER_METRICS_PORT", 9400, 1),
             resync_seconds=_float(e, "FTO_RESYNC_SECONDS", 30.0, 0.5),

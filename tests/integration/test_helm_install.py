@@ -42,6 +42,8 @@ def fast(namespace: str, **extra: Any) -> dict[str, Any]:
         "peering.lifetimeSeconds": 10,
         "terminationGracePeriodSeconds": 10,
         "operator.s3Endpoint": "",
+        # The jobs' own endpoint (the local SeaweedFS, a loopback address) is allowed by name.
+        "egress.s3Endpoints": [os.environ.get("AWS_ENDPOINT_URL", "")],
         **extra,
     }
 
@@ -173,6 +175,70 @@ def test_everything_rendered_is_accepted_by_the_api_server(case: str, namespace:
     stream = "\n---\n".join(json.dumps(m) for m in applicable)
     result = kubectl("apply", "--dry-run=server", "-f", "-", input=stream)
     assert result.stdout.count("(server dry run)") == len(applicable), result.stdout
+
+
+# --- where a job may send its S3 requests, refused at kubectl apply ---------------------------------
+
+EGRESS_CASES = {
+    # endpoint: the words of the refusal (None: admitted)
+    "http://s3.internal:9000": None,
+    "http://s3.internal:9000/": None,
+    "": None,  # unset: the operator's default endpoint
+    "http://169.254.169.254": "link-local",
+    "http://[fe80::1]:80": "link-local",
+    "http://127.0.0.1:9000": "loopback",
+    "http://localhost:9000": "loopback",
+    "https://kubernetes.default.svc:443": "API server",
+    "https://kubernetes.default.svc.cluster.local": "API server",
+    "http://10.96.0.1": "API server",
+    "https://s3.example.com": "not an S3 endpoint this cluster allows (http://s3.internal:9000)",
+}
+
+
+def test_the_admission_policy_refuses_endpoints_outside_the_allow_list(
+    namespace: str, cluster: dict[str, str]
+) -> None:
+    ops.apply_crd()
+    name = f"egress-{namespace[-6:]}"
+    out = helm(
+        "template", name, str(CHART), "-n", namespace, "--show-only", "templates/admissionpolicy.yaml",
+        *set_args({"egress.s3Endpoints": ["http://s3.internal:9000"], "egress.apiServerHosts": ["10.96.0.1"],
+                   "watchNamespaces": [namespace]}),
+    )  # fmt: skip
+    kubectl("apply", "-f", "-", input=out.stdout)
+    try:
+        job = yaml.safe_load((CHART.parents[1] / "examples" / "finetunejob.yaml").read_text())
+        job["metadata"] |= {"name": "egress", "namespace": namespace}
+
+        def verdict(endpoint: str) -> str:
+            doc = json.loads(json.dumps(job))
+            storage = doc["spec"].setdefault("storage", {})
+            storage.pop("endpoint", None)
+            if endpoint:
+                storage["endpoint"] = endpoint
+            res = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(doc), check=False)
+            return res.stdout + res.stderr
+
+        # The policy takes effect once the API server has compiled it.
+        wait_for(
+            lambda: "denied request" in verdict("http://169.254.169.254"), 30, "the policy to be in force"
+        )
+        for endpoint, refusal in EGRESS_CASES.items():
+            text = verdict(endpoint)
+            if refusal is None:
+                assert "(server dry run)" in text, (endpoint, text)
+            else:
+                assert "denied request" in text, (endpoint, text)
+                assert refusal in text, (endpoint, text)
+        # Another namespace is not this release's: its jobs are not judged by this policy.
+        kubectl("create", "namespace", f"{namespace}-x")
+        try:
+            job["metadata"]["namespace"] = f"{namespace}-x"
+            assert "(server dry run)" in verdict("https://s3.example.com")
+        finally:
+            kubectl("delete", "namespace", f"{namespace}-x", "--wait=false")
+    finally:
+        kubectl("delete", "-f", "-", input=out.stdout, check=False)
 
 
 # --- install, a job, least privilege, upgrade, uninstall ------------------------------------------

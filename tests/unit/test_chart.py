@@ -546,8 +546,36 @@ def test_notes_say_what_was_installed(tmp_path: Path) -> None:
 
 
 def test_every_object_is_namespaced_to_the_release_or_cluster_scoped(default: list[Manifest]) -> None:
-    cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for m in render(api_versions=MON):
         ns = m["metadata"].get("namespace")
         assert (m["kind"] in cluster_scoped) == (ns is None), f"{m['kind']}/{m['metadata']['name']}"
         assert m["metadata"]["labels"]["app.kubernetes.io/instance"] == "fto"
+
+
+def test_the_egress_policy_allows_the_configured_endpoints_and_is_bound_to_the_watched_namespaces() -> None:
+    rendered = render(
+        {
+            "operator.s3Endpoint": "http://minio:9000/",
+            "egress.s3Endpoints": ["https://s3.corp"],
+            "watchNamespaces": ["a", "b"],
+        }
+    )
+    [policy] = [m for m in rendered if m["kind"] == "ValidatingAdmissionPolicy"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["allowed"]) == ["http://minio:9000", "https://s3.corp"]
+    [binding] = [m for m in rendered if m["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    selector = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]
+    assert selector["values"] == ["a", "b"]
+    # All namespaces: no selector; switched off: nothing rendered.
+    [binding] = [m for m in render() if m["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert "matchResources" not in binding["spec"]
+    assert not [m for m in render({"egress.admissionPolicy": False}) if "Admission" in m["kind"]]
