@@ -359,6 +359,11 @@ class Output(WireModel):
     model or the dataset.
     Example: s3://adapters/team-a/support-bot/."""
 
+    overwrite: bool = False
+    """Take over an output prefix that another FineTuneJob claimed or that holds a published
+    adapter: its checkpoints are not resumed and its adapter is replaced when this job publishes.
+    Without it such a prefix is refused at validation (InvalidOutput, naming the owner)."""
+
     @field_validator("uri")
     @classmethod
     def _check_uri(cls, value: str) -> str:

@@ -416,6 +416,89 @@ def test_a_complete_checkpoint_that_does_not_verify_is_skipped_for_the_one_befor
     assert f"checkpoint step {newest} does not verify" in second.stderr
 
 
+def _as_job(cfg: dict[str, Any], name: str, uid: str, **output: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(cfg))
+    out["job"] = {"namespace": "team-a", "name": name, "uid": uid}
+    out["output"] |= output
+    return out
+
+
+def test_an_output_claimed_by_another_job_is_refused_naming_it_unless_overwrite(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(16))
+    cfg = base_config(bucket, tiny["model"], train, None, "shared")
+
+    def validate(doc: dict[str, Any], tag: str) -> Any:
+        return run_trainer("validate", write_config(tmp_path / f"{tag}.json", doc), s3_env, tmp_path / tag)
+
+    first = validate(_as_job(cfg, "first", "uid-1"), "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert get_json(client, bucket, "shared/owner.json")["uid"] == "uid-1"
+    second = validate(_as_job(cfg, "second", "uid-2"), "second")
+    assert second.returncode == 42, second.stderr[-3000:]
+    assert second.termination["reason"] == "InvalidOutput"
+    assert "belongs to FineTuneJob team-a/first (uid uid-1)" in second.termination["message"]
+    assert "output.overwrite: true" in second.termination["message"]
+    assert get_json(client, bucket, "shared/owner.json")["uid"] == "uid-1"  # untouched
+    taken = validate(_as_job(cfg, "second", "uid-2", overwrite=True), "taken")
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    claim = get_json(client, bucket, "shared/owner.json")
+    assert (claim["uid"], claim["previousOwner"]["uid"]) == ("uid-2", "uid-1")
+
+
+def test_a_recreated_job_does_not_resume_its_predecessor_and_a_published_adapter_is_kept(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(96))
+    cfg = base_config(bucket, tiny["model"], train, None, "again")
+    cfg["checkpointing"] = {"everySteps": 2, "keep": 3}
+    old = write_config(tmp_path / "old.json", _as_job(cfg, "bot", "uid-old"))
+    proc = start_trainer("train", old, s3_env, tmp_path / "old")
+    deadline = time.monotonic() + 240
+    while not any(k.endswith("/COMPLETE") for k in list_keys(client, bucket, "again/checkpoints/")):
+        assert proc.poll() is None, "trainer exited before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc, tmp_path / "old").returncode == 76
+
+    # Deleted and created again under the same name: a new UID, and a fresh run.
+    new = write_config(tmp_path / "new.json", _as_job(cfg, "bot", "uid-new"))
+    run = run_trainer("train", new, s3_env, tmp_path / "new")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.termination.get("resumedFromStep") is None
+    result = get_json(client, bucket, "again/reports/result.json")
+    assert result["skippedCheckpoints"]
+    assert all("another job" in s["problem"] for s in result["skippedCheckpoints"])
+    claim = get_json(client, bucket, "again/owner.json")
+    assert (claim["uid"], claim["previousOwner"]["uid"]) == ("uid-new", "uid-old")
+
+    # A third one under the name finds a published adapter: refused, the adapter untouched.
+    adapter = {
+        k: client.head_object(Bucket=bucket, Key=k)["ETag"]
+        for k in list_keys(client, bucket, "again/adapter/")
+    }
+    third = run_trainer(
+        "validate",
+        write_config(tmp_path / "third.json", _as_job(cfg, "bot", "uid-3")),
+        s3_env,
+        tmp_path / "third",
+    )
+    assert third.returncode == 42, third.stderr[-3000:]
+    assert third.termination["reason"] == "InvalidOutput"
+    assert (
+        "already holds a published adapter of FineTuneJob team-a/bot (uid uid-new)"
+        in third.termination["message"]
+    )
+    assert {
+        k: client.head_object(Bucket=bucket, Key=k)["ETag"]
+        for k in list_keys(client, bucket, "again/adapter/")
+    } == adapter
+
+
 def _overfitting_config(tiny: dict[str, Any], out: str, *, epochs: int) -> dict[str, Any]:
     """A full fine-tune (every weight learns; the tiny model's LoRA barely moves its loss) at a high
     constant rate, validated on rows that ask train's own questions with other answers: the validation

@@ -48,8 +48,13 @@ def trainable_state(model: Any, full: bool) -> dict[str, Any]:
 class BestWeights:
     """Tracks the best evaluation of one run and holds its weights (scratch, then S3)."""
 
-    def __init__(self, s3: S3, output_prefix: str, scratch: Path, *, full: bool) -> None:
+    def __init__(
+        self, s3: S3, output_prefix: str, scratch: Path, *, full: bool, owner: dict[str, str] | None = None
+    ) -> None:
         self.s3 = s3
+        # Written into the marker and checked on restore: a prefix taken over from another job may
+        # still hold that job's best weights.
+        self.owner = owner or {}
         self.prefix = S3Uri.parse(output_prefix).join("checkpoints/best/")
         self.local = scratch / "best"
         self.full = full
@@ -78,7 +83,7 @@ class BestWeights:
         if self._saved_step is None or self._saved_step == self._uploaded_step or self.best is None:
             return
         self.s3.upload_file(self.local / WEIGHTS, self.prefix.join(WEIGHTS))
-        marker = {"step": self.best.step, "evalLoss": self.best.loss}
+        marker = {**self.owner, "step": self.best.step, "evalLoss": self.best.loss}
         self.s3.put_bytes(self.prefix.join(MARKER), json.dumps(marker).encode(), "application/json")
         self._uploaded_step = self._saved_step
 
@@ -89,6 +94,9 @@ class BestWeights:
             return self.local / WEIGHTS
         try:
             marker = json.loads(self.s3.get_bytes(self.prefix.join(MARKER)))
+            if any(marker.get(k) != v for k, v in self.owner.items()):
+                log.warning("S3 holds another job's best weights; not using them")
+                return None
             if int(marker.get("step", -1)) != self.best.step:
                 log.warning(
                     "S3 holds the best weights of step %s, not %d", marker.get("step"), self.best.step

@@ -73,12 +73,17 @@ def to_prune(checkpoints: list[CheckpointInfo], keep: int) -> list[int]:
 
 
 class CheckpointStore:
-    def __init__(self, s3: S3, output_prefix: str, keep: int) -> None:
+    """This job's checkpoints. `owner` ({"uid", "configHash"}) is written into each marker, and only
+    checkpoints with the same owner are resumed from or kept: after a takeover of the prefix
+    (ownership.py) another job's are not this run's to continue, and are pruned at the next save."""
+
+    def __init__(self, s3: S3, output_prefix: str, keep: int, owner: dict[str, str] | None = None) -> None:
         self.s3 = s3
         self.prefix = checkpoints_prefix(output_prefix)
         self.keep = keep
-        # step -> when its marker says it was saved (markers never change once written)
-        self._created: dict[int, datetime | None] = {}
+        self.owner = owner or {}
+        # step -> its marker (markers never change once written)
+        self._markers: dict[int, dict[str, object] | None] = {}
         # Complete checkpoints the last download_latest passed over: {"step", "problem"}.
         self.skipped: list[dict[str, object]] = []
 
@@ -86,22 +91,29 @@ class CheckpointStore:
         return parse_listing(self.s3.list_keys(self.prefix), self.prefix.key)
 
     def refs(self) -> list[CheckpointRef]:
-        """What is in S3 now, oldest first, with the creation time from each complete one's marker."""
+        """This job's checkpoints in S3 now, oldest first, with the creation time from each marker."""
         out = []
         for info in self.listing():
-            if info.complete and info.step not in self._created:
-                self._created[info.step] = self._marker_time(info.step)
-            created = self._created.get(info.step) if info.complete else None
+            if info.complete and not self.is_ours(info.step):
+                continue
+            created = _created_at(self._marker(info.step)) if info.complete else None
             out.append(CheckpointRef(step=info.step, complete=info.complete, created_at=created))
         return out
 
-    def _marker_time(self, step: int) -> datetime | None:
-        try:
-            marker = json.loads(self.s3.get_bytes(self.uri(step).join(MARKER)))
-            return datetime.fromisoformat(str(marker["createdAt"]).replace("Z", "+00:00"))
-        except (TrainerError, ValueError, KeyError, TypeError):
-            # Status detail only: a marker we cannot read still marks the checkpoint complete.
-            return None
+    def _marker(self, step: int) -> dict[str, object] | None:
+        if step not in self._markers:
+            try:
+                self._markers[step] = _as_dict(json.loads(self.s3.get_bytes(self.uri(step).join(MARKER))))
+            except (TrainerError, ValueError):
+                self._markers[step] = None
+        return self._markers[step]
+
+    def is_ours(self, step: int) -> bool:
+        """The complete checkpoint `step` was written by this job with this training config."""
+        if not self.owner:
+            return True
+        marker = self._marker(step) or {}
+        return all(marker.get(k) == v for k, v in self.owner.items())
 
     def uri(self, step: int) -> S3Uri:
         return self.prefix.join(f"step-{step}/")
@@ -112,6 +124,7 @@ class CheckpointStore:
         self.s3.upload_dir(local_dir, target)
         paths = sorted((p for p in local_dir.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
         marker = {
+            **self.owner,
             "step": step,
             "files": [p.relative_to(local_dir).as_posix() for p in paths],
             "digests": {p.relative_to(local_dir).as_posix(): file_digest(p) for p in paths},
@@ -123,15 +136,23 @@ class CheckpointStore:
         return target
 
     def prune(self) -> None:
-        for step in to_prune(self.listing(), self.keep):
+        listing = self.listing()
+        ours = [c for c in listing if not c.complete or self.is_ours(c.step)]
+        foreign = [c.step for c in listing if c.complete and not self.is_ours(c.step)]
+        for step in sorted({*to_prune(ours, self.keep), *foreign}):
             log.info("pruning checkpoint step %d", step)
             self.s3.delete_prefix(self.uri(step))
+            self._markers.pop(step, None)
 
     def download_latest(self, dest_root: Path) -> tuple[int, Path] | None:
         """The newest complete checkpoint that verifies, downloaded; `skipped` says what was passed over."""
         self.skipped = []
         complete = sorted((c.step for c in self.listing() if c.complete), reverse=True)
         for step in complete:
+            if not self.is_ours(step):
+                # Another job's (a prefix taken over), or a run of another config: not ours to continue.
+                self.skipped.append({"step": step, "problem": "written by another job or another config"})
+                continue
             dest = dest_root / f"checkpoint-{step}"
             shutil.rmtree(dest, ignore_errors=True)
             self.s3.download_prefix(self.uri(step), dest)
@@ -143,6 +164,18 @@ class CheckpointStore:
             log.warning("checkpoint step %d does not verify (%s); trying the one before", step, problem)
             self.skipped.append({"step": step, "problem": problem})
             shutil.rmtree(dest, ignore_errors=True)
+        return None
+
+
+def _as_dict(value: object) -> dict[str, object] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _created_at(marker: dict[str, object] | None) -> datetime | None:
+    # Status detail only: a marker we cannot read still marks the checkpoint complete.
+    try:
+        return datetime.fromisoformat(str((marker or {})["createdAt"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
         return None
 
 

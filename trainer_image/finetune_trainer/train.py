@@ -32,7 +32,7 @@ from transformers import (
     set_seed,
 )
 
-from . import evaluate, outputs
+from . import evaluate, outputs, ownership
 from .best import BestWeights
 from .checkpoints import CheckpointStore
 from .exitcodes import InvalidInputError, PreemptedError
@@ -336,7 +336,8 @@ def run_training(
         raise PreemptedError("SIGTERM before training started; nothing to save")
     tokenizer = prepared.tokenizer
 
-    store = CheckpointStore(s3, cfg.output_prefix, cfg.checkpointing.keep)
+    owner = ownership.run_owner(cfg)
+    store = CheckpointStore(s3, cfg.output_prefix, cfg.checkpointing.keep, owner=owner)
     resume = store.download_latest(scratch / "resume")
     if resume:
         log.info("resuming from checkpoint step %d", resume[0])
@@ -361,7 +362,7 @@ def run_training(
         else PaddingCollator(tokenizer.pad_token_id, counter)
     )
     args = training_arguments(cfg, resolved, scratch, device, bool(prepared.val_examples))
-    best = BestWeights(s3, cfg.output_prefix, scratch, full=cfg.method.type == "full")
+    best = BestWeights(s3, cfg.output_prefix, scratch, full=cfg.method.type == "full", owner=owner)
     log_sink: list[dict[str, Any]] = []
     layers = decoder_layers(model) if hp.gradual_unfreezing else None
     callback = ContractCallback(
@@ -479,11 +480,14 @@ def _base_eval_before_training(
     cfg: TrainerConfig, s3: S3, model: Any, tokenizer: Any, prepared: Prepared
 ) -> dict[str, Any]:
     uri = S3Uri.parse(cfg.output_prefix).join("reports/base_eval.json")
+    owner = ownership.run_owner(cfg)
     if s3.exists(uri):
         cached: dict[str, Any] = json.loads(s3.get_bytes(uri))
-        return cached
+        # An earlier attempt of this run measured it; another job's (a prefix taken over) is not ours.
+        if cached.pop("owner", None) == owner:
+            return cached
     result = _eval_model(cfg, model, tokenizer, prepared, _reference_sets(cfg, prepared))
-    s3.put_bytes(uri, json.dumps(result).encode(), "application/json")
+    s3.put_bytes(uri, json.dumps({**result, "owner": owner}).encode(), "application/json")
     return result
 
 

@@ -22,7 +22,7 @@ from finetune_contract.outcomes import FailureReason, TokenStats, Validated
 from finetune_contract.spec import DatasetFormat
 from finetune_contract.uris import S3Uri
 
-from . import data
+from . import data, ownership
 from .deadline import DeadlineExceeded, deadlines
 from .exitcodes import InvalidInputError
 from .local_model import LocalModel
@@ -278,16 +278,22 @@ def split_validation(
 
 
 def check_output_writable(s3: S3, cfg: TrainerConfig, report: Report) -> None:
+    """The output prefix is writable with the job's credentials, and this job's (see ownership.py)."""
     probe = S3Uri.parse(cfg.output_prefix).join("reports/.write-probe")
     try:
         s3.put_bytes(probe, b"probe")
         s3.delete(probe)
-        report.info["output"] = {"uri": cfg.output.uri, "writable": True}
+        problem = ownership.check_and_claim(s3, cfg)
     except InvalidInputError as exc:
         report.info["output"] = {"uri": cfg.output.uri, "writable": False}
         report.errors.append(
             data.Issue("output", None, f"output.uri is not writable: {exc}", reason=_denied(exc))
         )
+        return
+    owner = ownership.identity(cfg) if problem is None else None
+    report.info["output"] = {"uri": cfg.output.uri, "writable": True, "owner": owner}
+    if problem is not None:
+        report.errors.append(data.Issue("output", None, problem))
 
 
 def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> tuple[Report, Prepared | None]:
