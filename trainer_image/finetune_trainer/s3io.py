@@ -192,6 +192,19 @@ class S3:
 
         return self._call(f"list {prefix}", listing)
 
+    def list_sizes(self, prefix: S3Uri) -> dict[str, int]:
+        """Object sizes under a prefix, by the key's part after it."""
+
+        def listing() -> dict[str, int]:
+            sizes: dict[str, int] = {}
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+                for obj in page.get("Contents", []):
+                    sizes[obj["Key"][len(prefix.key) :]] = int(obj["Size"])
+            return sizes
+
+        return self._call(f"list {prefix}", listing)
+
     def list_subdirs(self, prefix: S3Uri) -> list[str]:
         """Names of the immediate "subdirectories" under a prefix ending in '/'."""
 

@@ -40,6 +40,7 @@ from .loss import KeepLabelledLogits, labelled_token_loss
 from .metrics_server import TrainerMetrics
 from .model_loading import load_model
 from .packing import PackingCollator, PaddingCollator, TokenCounter
+from .publishing import publish_dir
 from .s3io import S3
 from .validate import Prepared
 
@@ -547,8 +548,11 @@ def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: 
         published_step=run["publishedStep"],
     )
     out = S3Uri.parse(cfg.output_prefix)
-    s3.upload_dir(local, out.join(folder + "/"))
-    s3.put_bytes(out.join(f"{folder}.sha256"), f"{digest}  {weights.name}\n".encode(), "text/plain")
+    # result.json, written last below, is the sign that the whole publish is done.
+    s3.delete(out.join("reports/result.json"))
+    publish_dir(
+        s3, local, out.join(folder + "/"), f"{digest}  {weights.name}\n", out.join(f"{folder}.sha256")
+    )
     outputs.write_report(s3, cfg, "eval.json", run["eval"], scratch)
     train_log = "\n".join(json.dumps(e, default=str) for e in run["state"].log_history).encode()
     s3.put_bytes(out.join("reports/train_log.jsonl"), train_log, "application/x-ndjson")
