@@ -123,7 +123,7 @@ demo: install
 # --- benchmarks (results and the commands in docs/benchmarks.md) -----------------------------
 
 .PHONY: bench
-bench: bench-trainer bench-threads bench-operator bench-quality
+bench: bench-trainer bench-profile bench-threads bench-operator bench-quality
 
 .PHONY: bench-operator
 bench-operator: cluster-up
@@ -131,6 +131,9 @@ bench-operator: cluster-up
 .PHONY: bench-trainer
 bench-trainer: venv
 	$(PY) bench/trainer_bench.py --write-docs
+.PHONY: bench-profile
+bench-profile: venv
+	$(PY) bench/step_profile.py --write-docs
 .PHONY: bench-threads
 bench-threads: venv
 	$(PY) bench/threads_bench.py --write-docs

@@ -579,3 +579,47 @@ def test_the_egress_policy_allows_the_configured_endpoints_and_is_bound_to_the_w
     [binding] = [m for m in render() if m["kind"] == "ValidatingAdmissionPolicyBinding"]
     assert "matchResources" not in binding["spec"]
     assert not [m for m in render({"egress.admissionPolicy": False}) if "Admission" in m["kind"]]
+
+
+def test_the_jobs_pods_get_a_network_policy_in_each_watched_namespace() -> None:
+    rendered = render(
+        {
+            "watchNamespaces": ["a", "b"],
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team": "obs",
+        }
+    )
+    policies = [
+        m for m in rendered if m["kind"] == "NetworkPolicy" and m["metadata"]["name"].endswith("-jobs")
+    ]
+    assert [p["metadata"]["namespace"] for p in policies] == ["a", "b"]
+    spec = policies[0]["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "finetune-operator"}
+    assert spec["podSelector"]["matchExpressions"][0]["values"] == ["validation", "trainer"]
+    metrics = spec["ingress"][0]
+    assert metrics["ports"] == [{"port": 9400, "protocol": "TCP"}]
+    assert metrics["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "fto-system"
+    }
+    assert metrics["from"][1] == {"namespaceSelector": {"matchLabels": {"team": "obs"}}}
+    block = spec["egress"][0]["to"][0]["ipBlock"]
+    assert block == {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}  # no metadata service
+    assert {p["port"] for p in spec["egress"][0]["ports"]} == {80, 443, 8333, 9000}
+    # Only listed CIDRs, every port.
+    rendered = render(
+        {
+            "watchNamespaces": ["a"],
+            "networkPolicy.jobs.egress.cidrs": ["10.1.2.0/24"],
+            "networkPolicy.jobs.egress.ports": [],
+        }
+    )
+    [policy] = [m for m in rendered if m["metadata"]["name"].endswith("-jobs")]
+    assert policy["spec"]["egress"][0] == {
+        "to": [{"ipBlock": {"cidr": "10.1.2.0/24", "except": ["169.254.0.0/16"]}}]
+    }
+    # Namespace scope: the release namespace; all namespaces: none (there is no namespace to put it in).
+    assert [
+        m["metadata"]["namespace"]
+        for m in render({"rbac.scope": "namespace"})
+        if m["metadata"]["name"].endswith("-jobs")
+    ] == ["fto-system"]
+    assert not [m for m in render() if m["metadata"]["name"].endswith("-jobs")]
