@@ -316,6 +316,15 @@ def test_install_run_upgrade_uninstall(
     s3 = ops.s3_client(s3_env)
     for name in ("first", "second"):
         assert s3.head_object(Bucket=s3_bucket, Key=f"out/{name}/adapter/adapter_model.safetensors")
+    # The uninstall hook took the operator's finalizer off them (and cleaned up after itself), so
+    # deleting a job with no operator running does not wait for ever.
+    for name in ("first", "second"):
+        finalizers = ops.ftj(name, ns)["metadata"].get("finalizers") or []
+        assert "finetune.dev/finalizer" not in finalizers, finalizers
+    assert kubectl("get", "job,sa", "-n", ns, "-o", "name").stdout.count("-uninstall") == 0
+    kubectl("delete", "ftj", "first", "-n", ns, "--wait=true", "--timeout=30s")
+    for name in ("first", "second"):
+        assert s3.head_object(Bucket=s3_bucket, Key=f"out/{name}/adapter/adapter_model.safetensors")
 
 
 def container_pid(pod: dict[str, Any]) -> int:

@@ -82,7 +82,13 @@ def render(
 
 
 def by_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
-    return [m for m in manifests if m["kind"] == kind]
+    """The release's objects of `kind`; Helm hooks (created only around install or uninstall) are not
+    among them and are checked on their own."""
+    return [
+        m
+        for m in manifests
+        if m["kind"] == kind and "helm.sh/hook" not in m["metadata"].get("annotations", {})
+    ]
 
 
 def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:

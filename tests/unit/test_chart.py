@@ -623,3 +623,45 @@ def test_the_jobs_pods_get_a_network_policy_in_each_watched_namespace() -> None:
         if m["metadata"]["name"].endswith("-jobs")
     ] == ["fto-system"]
     assert not [m for m in render() if m["metadata"]["name"].endswith("-jobs")]
+
+
+def test_the_uninstall_hook_only_releases_finalizers_and_cleans_up_after_itself() -> None:
+    hook = [
+        m
+        for m in render({"watchNamespaces": ["a", "b"]})
+        if m["metadata"]["name"] == "fto-finetune-operator-uninstall"
+    ]
+    assert sorted((m["kind"], m["metadata"]["namespace"]) for m in hook) == [
+        ("Job", "fto-system"),
+        ("Role", "a"),
+        ("Role", "b"),
+        ("RoleBinding", "a"),
+        ("RoleBinding", "b"),
+        ("ServiceAccount", "fto-system"),
+    ]
+    for m in hook:
+        annotations = m["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-delete"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    # The account and its rules come before the Job.
+    weights = {m["kind"]: int(m["metadata"]["annotations"]["helm.sh/hook-weight"]) for m in hook}
+    assert weights["Role"] < weights["Job"]
+    [role] = [m for m in hook if m["kind"] == "Role"][:1]
+    assert role["rules"] == [
+        {"apiGroups": ["finetune.dev"], "resources": ["finetunejobs"], "verbs": ["get", "list", "patch"]}
+    ]
+    [job] = [m for m in hook if m["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "finetune_operator.release"]
+    assert container["env"] == [{"name": "FTO_NAMESPACES", "value": "a,b"}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # All namespaces: a ClusterRole; switched off: nothing.
+    kinds = {m["kind"] for m in render() if m["metadata"]["name"] == "fto-finetune-operator-uninstall"}
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}
+    assert not [
+        m
+        for m in render({"uninstall.releaseFinalizers": False})
+        if m["metadata"]["name"].endswith("-uninstall")
+    ]
