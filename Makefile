@@ -97,16 +97,18 @@ generate: venv
 test-unit: tools
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-# Two workers: most integration tests wait on pods and the API server, so a second file runs in the
-# waits of the first (each test has its own namespace and bucket; files stay whole on one worker so
-# module fixtures are built once). Tests marked `serial` change what every test shares and run alone
-# afterwards. The environment is brought up once, before the workers start.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs the files on two pytest-xdist workers (each test has its own namespace and
+# bucket; files stay whole on one worker so module fixtures are built once). Measured cold on 2 cores
+# it saved nothing: the CPU-bound SmolLM2 trainings then share the cores and the run ends on the
+# longest file, so the default stays one process. Tests marked `serial` change what every test shares
+# and run alone afterwards either way. The environment is brought up once, before any worker starts.
+TEST_WORKERS ?= 1
+XDIST = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 .PHONY: test
 test: tools
 	@$(MAKE) --no-print-directory lint
 	$(PY) -m localcluster up
-	$(PY) -m pytest tests/unit tests/integration tests/e2e -m "not serial" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e -m "not serial" $(XDIST) --durations=25 $(PYTEST_ARGS)
 	@# Exit 5 is "no test selected": a PYTEST_ARGS -k that matches no serial test.
 	$(PY) -m pytest tests/integration tests/e2e -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 

@@ -63,6 +63,8 @@ def hub(tiny_model_dir: Path) -> Iterator[HubServer]:  # noqa: F811
     server.add_repo("org/gated-tiny", model, token=TOKEN, gated=True)
     pickled = {k: v for k, v in model.items() if k != "model.safetensors"}
     server.add_repo("org/pickle-only", {**pickled, "pytorch_model.bin": b"\x80\x02pickle"})
+    # A listing with a file name that would be written outside the download directory.
+    server.add_repo("org/escaping", {**model, "../../escape.json": b"{}"})
     gguf = smollm2_gguf()
     server.add_repo("org/smollm2-gguf", {"README.md": b"# gguf\n", gguf.name: gguf})
     with server.running():
@@ -207,6 +209,12 @@ def test_validate_checks_the_repository_without_downloading_weights(case: Case) 
             "org/tiny at revision main has no file missing.gguf",
             "InvalidModel",
         ),
+        (
+            "hf://org/escaping",
+            {},
+            "org/escaping lists files whose names leave the repository (../../escape.json)",
+            "InvalidModel",
+        ),
     ],
     ids=[
         "missing-repo",
@@ -218,6 +226,7 @@ def test_validate_checks_the_repository_without_downloading_weights(case: Case) 
         "pickle-only",
         "gguf-only",
         "missing-file",
+        "escaping-name",
     ],
 )
 def test_hub_problems_are_permanent_and_say_what_to_do(

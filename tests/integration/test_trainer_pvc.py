@@ -92,7 +92,8 @@ def test_validate_accepts_a_mounted_gguf_file(
     gguf = smollm2_gguf()
     root = tmp_path / "mnt"
     (root / "gguf").mkdir(parents=True)
-    (root / "gguf" / gguf.name).symlink_to(gguf)
+    # A copy, as on a real claim: a symlink out of the claim is refused (tests/unit/test_trainer_pvc_model.py).
+    shutil.copyfile(gguf, root / "gguf" / gguf.name)
     train = put_jsonl(client, s3_bucket, "data/train.jsonl", chat_rows(10))
     uri = f"pvc://models/gguf/{gguf.name}"
     config = write_config(tmp_path / "config.json", pvc_config(s3_bucket, uri, root, train, "gguf"))
