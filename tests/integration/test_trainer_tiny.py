@@ -499,6 +499,23 @@ def test_a_recreated_job_does_not_resume_its_predecessor_and_a_published_adapter
     } == adapter
 
 
+def test_a_full_fine_tune_with_the_default_settings_lowers_the_validation_loss(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No hyperparameters but the sequence length: the full-fine-tune learning rate, fp32 master weights
+    and the steps chosen from the data (docs/hyperparameters.md)."""
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(64))
+    cfg = base_config(bucket, tiny["model"], train, None, "full-default")
+    cfg["method"] = {"type": "full"}
+    cfg["hyperparameters"] = {"maxSeqLength": 128}
+    run = run_trainer("train", write_config(tmp_path / "full.json", cfg), s3_env, tmp_path / "scratch")
+    assert run.returncode == 0, run.stderr[-3000:]
+    resolved = run.termination["hyperparameters"]
+    assert float(resolved["learningRate"]) == 2e-5
+    assert run.termination["evalLoss"] < run.termination["baseEvalLoss"]
+
+
 def _overfitting_config(tiny: dict[str, Any], out: str, *, epochs: int) -> dict[str, Any]:
     """A full fine-tune (every weight learns; the tiny model's LoRA barely moves its loss) at a high
     constant rate, validated on rows that ask train's own questions with other answers: the validation
