@@ -338,9 +338,9 @@ def _validation_tries(job: JobInput, spec: FineTuneJobSpec, obs: Observed) -> di
     return tries
 
 
-def validation_retries_used(job: JobInput, spec: FineTuneJobSpec, obs: Observed) -> int:
+def validation_retries_used(tries: Mapping[int, JSON]) -> int:
     """Failed validation tries that count against spec.retries.limit (an eviction does not)."""
-    failures = (classify_pod(p) for p in _validation_tries(job, spec, obs).values() if _phase(p) == "Failed")
+    failures = (classify_pod(p) for p in tries.values() if _phase(p) == "Failed")
     return sum(1 for f in failures if f is not None and f.counts)
 
 
@@ -366,7 +366,7 @@ def _retry_validation(
     failure: ChildFailure,
 ) -> bool:
     current = max(tries)
-    used = validation_retries_used(job, spec, Observed(validation_pods=list(tries.values())))
+    used = validation_retries_used(tries)
     limit = spec.retries.limit
     what = f"validation pod {_name(tries[current])} failed ({failure.reason}: {failure.message})"
     if used > limit or current + 1 >= names.MAX_VALIDATION_TRIES:
@@ -494,7 +494,7 @@ def _train(
             settings=settings,
             config_map=config_map,
             attempt=1,
-            retries_used=validation_retries_used(job, spec, obs),
+            retries_used=validation_retries_used(_validation_tries(job, spec, obs)),
         )
         b.clear(ConditionType.SUSPENDED, Reason.RESUMED, "resumed")
         if not b.decision.done:
@@ -508,9 +508,7 @@ def _train(
     if reported:
         # A preempted or finished trainer's last word on what is in S3 (a running one's comes by scrape).
         b.st.checkpoints = checkpoint_status(spec.output.prefix, reported)
-    annotations = (current.get("metadata") or {}).get("annotations") or {}
-    raw_used = str(annotations.get(manifests.ANNOTATION_RETRIES_USED, "0"))
-    retries_used = int(raw_used) if raw_used.isdigit() else 0
+    retries_used = _retries_used(current)
     b.st.attempts = max(attempt, b.old.attempts or 0)
     b.st.trainer_job_name = _name(current)
     b.st.start_time = b.st.start_time or _parse_time((current.get("metadata") or {}).get("creationTimestamp"))
@@ -543,6 +541,13 @@ def _train(
     _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods, namespace=job.ref.namespace)
 
 
+def _retries_used(trainer_job: JSON) -> int:
+    """The retry budget used before this attempt started, as written on its Job."""
+    annotations = (trainer_job.get("metadata") or {}).get("annotations") or {}
+    raw = str(annotations.get(manifests.ANNOTATION_RETRIES_USED, "0"))
+    return int(raw) if raw.isdigit() else 0
+
+
 def _after_deleted_job(
     b: _Builder,
     *,
@@ -563,12 +568,10 @@ def _after_deleted_job(
         return
     before = jobs.get(missing - 1)
     if before is None:
-        used = validation_retries_used(job, spec, obs)
+        used = validation_retries_used(_validation_tries(job, spec, obs))
     else:
-        annotations = (before.get("metadata") or {}).get("annotations") or {}
-        raw = str(annotations.get(manifests.ANNOTATION_RETRIES_USED, "0"))
         pods = [p for p in obs.trainer_pods if attempt_of(p) == missing - 1]
-        used = (int(raw) if raw.isdigit() else 0) + (1 if classify_job(before, pods).counts else 0)
+        used = _retries_used(before) + (1 if classify_job(before, pods).counts else 0)
     name = names.trainer_job_name(job.ref.name, missing)
     _after_failure(
         b,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_trainer_support import (
+    TrainerRun,
     chat_rows,
     finish,
     get_json,
@@ -323,6 +325,32 @@ def test_unreachable_s3_is_transient(
     assert run.termination["reason"] == "TransientError"
 
 
+def complete_steps(client: Any, bucket: str, out: str) -> list[int]:
+    """Steps of the complete checkpoints under <out>/checkpoints/ (step-N/COMPLETE), ascending."""
+    keys = list_keys(client, bucket, f"{out}/checkpoints/")
+    return sorted(int(k.split("/")[2][5:]) for k in keys if k.endswith("/COMPLETE"))
+
+
+def preempt_after(
+    proc: subprocess.Popen[str],
+    client: Any,
+    bucket: str,
+    out: str,
+    scratch: Path,
+    *,
+    checkpoints: int,
+    timeout: float = 240,
+) -> TrainerRun:
+    """SIGTERM the trainer once `checkpoints` complete checkpoints are in S3; its run."""
+    deadline = time.monotonic() + timeout
+    while len(complete_steps(client, bucket, out)) < checkpoints:
+        assert proc.poll() is None, f"trainer exited before checkpoint {checkpoints}"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    return finish(proc, scratch)
+
+
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
     tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -340,23 +368,11 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(
     total = reference.termination["totalSteps"]
     assert reference.termination["step"] == total == 40
 
-    scratch = tmp_path / "first"
-    proc = start_trainer("train", config("resumed"), s3_env, scratch)
-    deadline = time.monotonic() + 180
-    while not any(k.endswith("/COMPLETE") for k in list_keys(client, bucket, "resumed/checkpoints/")):
-        assert proc.poll() is None, "trainer exited before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    first = finish(proc, scratch)
+    proc = start_trainer("train", config("resumed"), s3_env, tmp_path / "first")
+    first = preempt_after(proc, client, bucket, "resumed", tmp_path / "first", checkpoints=1, timeout=180)
     assert first.returncode == 76, first.stderr[-3000:]
     assert first.termination["result"] == "Preempted"
-    saved = {
-        int(k.split("/")[2][5:])
-        for k in list_keys(client, bucket, "resumed/checkpoints/")
-        if k.endswith("COMPLETE")
-    }
-    stopped_at = max(saved)
+    stopped_at = max(complete_steps(client, bucket, "resumed"))
     assert 3 <= stopped_at < total
 
     # A new pod: fresh scratch, same output URI.
@@ -386,19 +402,9 @@ def test_a_complete_checkpoint_that_does_not_verify_is_skipped_for_the_one_befor
     cfg["checkpointing"] = {"everySteps": 2, "keep": 3}
     path = write_config(tmp_path / "torn.json", cfg)
 
-    def complete() -> list[int]:
-        keys = list_keys(client, bucket, "torn/checkpoints/")
-        return sorted(int(k.split("/")[2][5:]) for k in keys if k.endswith("/COMPLETE"))
-
     proc = start_trainer("train", path, s3_env, tmp_path / "first")
-    deadline = time.monotonic() + 240
-    while len(complete()) < 2:
-        assert proc.poll() is None, "trainer exited before its second checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert finish(proc, tmp_path / "first").returncode == 76
-    *_, before, newest = complete()
+    assert preempt_after(proc, client, bucket, "torn", tmp_path / "first", checkpoints=2).returncode == 76
+    *_, before, newest = complete_steps(client, bucket, "torn")
     # The newest is "complete" (its marker exists) but one of its files was cut short afterwards.
     key = next(
         k for k in list_keys(client, bucket, f"torn/checkpoints/step-{newest}/") if k.endswith(".safetensors")
@@ -457,13 +463,7 @@ def test_a_recreated_job_does_not_resume_its_predecessor_and_a_published_adapter
     cfg["checkpointing"] = {"everySteps": 2, "keep": 3}
     old = write_config(tmp_path / "old.json", _as_job(cfg, "bot", "uid-old"))
     proc = start_trainer("train", old, s3_env, tmp_path / "old")
-    deadline = time.monotonic() + 240
-    while not any(k.endswith("/COMPLETE") for k in list_keys(client, bucket, "again/checkpoints/")):
-        assert proc.poll() is None, "trainer exited before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert finish(proc, tmp_path / "old").returncode == 76
+    assert preempt_after(proc, client, bucket, "again", tmp_path / "old", checkpoints=1).returncode == 76
 
     # Deleted and created again under the same name: a new UID, and a fresh run.
     new = write_config(tmp_path / "new.json", _as_job(cfg, "bot", "uid-new"))
