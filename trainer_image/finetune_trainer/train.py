@@ -351,7 +351,7 @@ def run_training(
     if cfg.method.type == "full":
         # Full fine-tunes overwrite the base weights, so the base is measured before training
         # (once: the numbers are kept on S3 for restarts).
-        base_full = _base_eval_before_training(cfg, s3, model, tokenizer, prepared, owner)
+        base_full = _base_eval_before_training(cfg, s3, model, tokenizer, prepared, owner=owner)
 
     def features(examples: list[Any]) -> list[dict[str, list[int]]]:
         return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
@@ -478,7 +478,7 @@ def _reference_sets(cfg: TrainerConfig, prepared: Prepared) -> dict[str, list[tu
 
 
 def _base_eval_before_training(
-    cfg: TrainerConfig, s3: S3, model: Any, tokenizer: Any, prepared: Prepared, owner: dict[str, str]
+    cfg: TrainerConfig, s3: S3, model: Any, tokenizer: Any, prepared: Prepared, *, owner: dict[str, str]
 ) -> dict[str, Any]:
     uri = S3Uri.parse(cfg.output_prefix).join("reports/base_eval.json")
     if s3.exists(uri):
