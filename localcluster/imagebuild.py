@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import fcntl
 import hashlib
 import json
 import os
@@ -37,7 +38,18 @@ from localcluster.paths import REPO_ROOT
 BASE_SUITE: Final = "bookworm"
 BASE_PACKAGES: Final = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 BASE_RECIPE: Final = f"mmdebstrap --variant=minbase --include={','.join(BASE_PACKAGES)} {BASE_SUITE}"
-STORAGE: Final = ("--storage-driver", "vfs")
+# buildah's storage and its temporary files (a commit writes the whole new layer there first) live in
+# the cache beside the image store, not under /var: one filesystem to size and to clean, and a small
+# /var/tmp cannot fail a build that the cache's disk has room for.
+BUILDAH_DIR: Final = imagestore.STORE.parent / "buildah"
+STORAGE: Final = (
+    "--storage-driver",
+    "vfs",
+    "--root",
+    str(BUILDAH_DIR / "storage"),
+    "--runroot",
+    str(BUILDAH_DIR / "run"),
+)
 # What a build may read of the host: the package index configuration and its CA certificates.
 HOST_MOUNTS: Final = ("/etc/pip.conf", "/etc/ssl/certs")
 DIST: Final = REPO_ROOT / "dist"
@@ -101,11 +113,17 @@ def build_key(image: Image, base_key: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _buildah_env() -> dict[str, str]:
+    tmp = BUILDAH_DIR / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
 def _run(cmd: list[str], log: Path, what: str) -> None:
     with log.open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_buildah_env())
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-30:]
         raise SystemExit(f"{what} failed (exit {proc.returncode}); the end of {log}:\n" + "\n".join(tail))
@@ -114,7 +132,7 @@ def _run(cmd: list[str], log: Path, what: str) -> None:
 def _has_image(ref: str) -> bool:
     return (
         subprocess.run(
-            ["buildah", *STORAGE, "inspect", "--type", "image", ref], capture_output=True
+            ["buildah", *STORAGE, "inspect", "--type", "image", ref], capture_output=True, env=_buildah_env()
         ).returncode
         == 0
     )
@@ -133,7 +151,11 @@ def stand_in_base(log: Path) -> tuple[str, str]:
         _run([*BASE_RECIPE.split(), str(tmp)], log, "mmdebstrap")
         tmp.rename(tarball)
     ctr = subprocess.run(
-        ["buildah", *STORAGE, "from", "scratch"], capture_output=True, text=True, check=True
+        ["buildah", *STORAGE, "from", "scratch"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_buildah_env(),
     ).stdout.strip()
     try:
         _run(["buildah", *STORAGE, "add", ctr, str(tarball), "/"], log, "buildah add")
@@ -141,7 +163,7 @@ def stand_in_base(log: Path) -> tuple[str, str]:
         _run(["buildah", *STORAGE, "config", "--env", path, "--cmd", "/bin/sh", ctr], log, "buildah config")
         _run(["buildah", *STORAGE, "commit", "-q", ctr, ref], log, "buildah commit")
     finally:
-        subprocess.run(["buildah", *STORAGE, "rm", ctr], capture_output=True)
+        subprocess.run(["buildah", *STORAGE, "rm", ctr], capture_output=True, env=_buildah_env())
     return ref, key
 
 
@@ -188,7 +210,10 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
     work = imagestore.STORE / f".{image.name}-{key}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    cmd = ["buildah", *STORAGE, "build", "--isolation", "chroot", "-f", image.dockerfile, "-t", ref]
+    # --force-rm: a failed build's container is a full copy of the image so far (vfs), not kept
+    # (buildah takes it only with --no-cache, which changes nothing here: there are no cached layers).
+    cmd = ["buildah", *STORAGE, "build", "--isolation", "chroot", "--no-cache", "--force-rm"]
+    cmd += ["-f", image.dockerfile, "-t", ref]
     cmd += ["--build-arg", f"{image.base_arg}={base_ref}"]
     for path in HOST_MOUNTS:
         if os.path.exists(path):
@@ -203,10 +228,19 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
         log,
         f"exporting {ref}",
     )
-    _run(["tar", "-cf", str(work / "image.oci.tar"), "-C", str(layout), "."], log, "archiving")
+    # The layout holds the image now; vfs keeps a full copy of every image, and the trainer's is
+    # gigabytes: freed before the unpack and the archive add two more copies.
+    subprocess.run(["buildah", *STORAGE, "rmi", ref], capture_output=True, env=_buildah_env())
     _run(["umoci", "unpack", "--image", f"{layout}:{version}", str(work / "bundle")], log, "umoci unpack")
     config, digest, size = _image_config(layout)
-    shutil.rmtree(layout)
+    # --remove-files: each blob leaves the layout as it enters the archive, so the trainer's gigabytes
+    # are not on disk twice more.
+    _run(
+        ["tar", "--remove-files", "-cf", str(work / "image.oci.tar"), "-C", str(layout), "."],
+        log,
+        "archiving",
+    )
+    shutil.rmtree(layout, ignore_errors=True)
     (work / "pip-freeze.txt").write_text(_pip_freeze(work / "bundle" / "rootfs"))
     unpacked = sum(p.lstat().st_size for p in (work / "bundle" / "rootfs").rglob("*") if not p.is_symlink())
     meta = {
@@ -225,8 +259,6 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
         work.rename(directory)
         imagestore.tag(ref, directory)
         imagestore.prune(image.name, directory)
-    # The store holds the image now; vfs keeps a full copy of every image, which is space for nothing.
-    subprocess.run(["buildah", *STORAGE, "rmi", ref], capture_output=True)
     print(
         f"{ref}: built in {meta['buildSeconds']}s, {size / 1e6:.0f} MB archive, {unpacked / 1e6:.0f} MB unpacked",
         flush=True,
@@ -254,9 +286,26 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     version = project_version()
     imagestore.STORE.mkdir(parents=True, exist_ok=True)
+    BUILDAH_DIR.mkdir(parents=True, exist_ok=True)
+    with open(BUILDAH_DIR / ".build.lock", "w") as lock:
+        # One `make images` at a time on a machine: it owns buildah's storage while it runs.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_all(set(args.names) or {i.name for i in IMAGES}, version)
+
+
+def _discard_leftovers() -> None:
+    """What an interrupted build left: its working container (a full copy of the image so far) and
+    the commit's half-written layer. Nothing else uses this storage, and no build is running."""
+    subprocess.run(["buildah", *STORAGE, "rm", "--all"], capture_output=True, env=_buildah_env())
+    shutil.rmtree(BUILDAH_DIR / "tmp", ignore_errors=True)
+    for stale in imagestore.STORE.glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build_all(wanted: set[str], version: str) -> int:
+    _discard_leftovers()
     log = imagestore.STORE / "build.log"
     base_ref, base_key = stand_in_base(log)
-    wanted = set(args.names) or {i.name for i in IMAGES}
 
     def build_one(image: Image) -> None:
         # One log per image: the builds run side by side.

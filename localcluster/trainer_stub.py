@@ -63,9 +63,11 @@ from finetune_contract.outcomes import (
     render_summary,
 )
 from finetune_contract.uris import HF_SCHEME
+from finetune_trainer import ownership
 from finetune_trainer.exitcodes import InvalidInputError, TransientIOError
 from finetune_trainer.metrics_server import TrainerMetrics, create_metrics, serve
 from finetune_trainer.model_loading import local_model
+from finetune_trainer.s3io import S3
 
 MAX_STEPS = 40
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled"}
@@ -247,6 +249,25 @@ def check_hf_model(uri: str) -> None:
         raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
 
 
+def claim_output(cfg: TrainerConfig, *, verify: bool = False) -> None:
+    """The real trainer's claim on output.uri (finetune_trainer.ownership): one prefix, one job. With
+    verify, the check before publishing that the prefix is still this job's."""
+    s3 = S3(cfg.storage.endpoint, cfg.storage.region)
+    try:
+        if verify:
+            ownership.verify_claim(s3, cfg)
+            return
+        problem = ownership.check_and_claim(s3, cfg)
+    except InvalidInputError as err:
+        raise StubError(ExitCode.INVALID_INPUT, err.reason, str(err)) from err
+    except TransientIOError as err:
+        raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
+    if problem is not None:
+        raise StubError(
+            ExitCode.INVALID_INPUT, FailureReason.INVALID_OUTPUT, f"invalid input: output: {problem}"
+        )
+
+
 def resolved_hyperparameters(cfg: TrainerConfig, rows: int, tokens: int) -> ResolvedHyperparameters:
     """The contract's resolution, from the stub's row count and mean length (it keeps no split)."""
     shape = DataShape(rows=rows, p95_tokens=tokens // max(rows, 1))
@@ -256,6 +277,7 @@ def resolved_hyperparameters(cfg: TrainerConfig, rows: int, tokens: int) -> Reso
 def validate(cfg: TrainerConfig, store: Store) -> Validated:
     check_base_model(cfg)
     _, rows, tokens = read_dataset(cfg, store)
+    claim_output(cfg)
     store.put("reports/validation.json", json.dumps({"valid": True, "rows": rows, "tokens": tokens}).encode())
     stats = TokenStats(rows=rows, total_tokens=tokens)
     return Validated(
@@ -350,6 +372,7 @@ def train(cfg: TrainerConfig, store: Store) -> Succeeded:
             if step % cfg.checkpointing.every_steps == 0 and step < total:
                 checkpoint(store, step, saved, metrics)
                 metrics.eval_loss.set(loss + 0.05)
+        claim_output(cfg, verify=True)
         weights = hashlib.sha256(f"{cfg.job.namespace}/{cfg.job.name}".encode()).digest()
         adapter = store.put("adapter/adapter_model.safetensors", weights)
         store.put("adapter/adapter_config.json", json.dumps({"peft_type": "LORA", "stub": True}).encode())

@@ -14,8 +14,8 @@ import pytest
 from finetune_trainer.evaluate import is_match
 from finetune_trainer.tiny_model import smollm2_gguf
 
-from tests.integration.test_trainer_smollm2 import FACTS, subset
 from tests.integration.test_trainer_support import put_jsonl
+from tests.support.facts import FACTS, subset
 from tests.support.helm import CHART, helm
 from tests.support.kube import enforce_restricted, kubectl, kubectl_json, wait_for
 from tests.support.operator import s3_client
@@ -130,12 +130,20 @@ def test_finetune_job_end_to_end(
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == outputs["sha256"]
     report_bucket, _, report_key = outputs["reportURI"].removeprefix("s3://").partition("/")
     report = json.loads(s3.get_object(Bucket=report_bucket, Key=report_key)["Body"].read())
-    assert report
 
-    # The metrics in status say the tuned model beats the base.
+    # The trainer's report: the base cannot know the facts, the tuned model answers paraphrases of them.
+    heldout = report["exactMatch"]["heldout"]
+    print(json.dumps({"validation": report["validation"], "heldout": heldout}, indent=2))
+    assert report["validation"]["tunedLoss"] < report["validation"]["baseLoss"] - 0.5
+    assert heldout["tuned"]["rows"] == FACTS
+    assert heldout["base"]["exactMatch"] <= 0.1
+    assert heldout["tuned"]["exactMatch"] >= heldout["base"]["exactMatch"] + 0.4
+
+    # The metrics in status are the report's (through the trainer's termination message).
     metrics = status["metrics"]
     assert float(metrics["evalLoss"]) < float(metrics["baseEvalLoss"])
-    assert float(metrics["exactMatch"]) > float(metrics["baseExactMatch"])
+    assert float(metrics["exactMatch"]) == pytest.approx(heldout["tuned"]["exactMatch"], abs=1e-4)
+    assert float(metrics["baseExactMatch"]) == pytest.approx(heldout["base"]["exactMatch"], abs=1e-4)
 
     # The adapter loads with peft on the base model and beats it on the held-out questions.
     em_base, em_tuned = heldout_exact_match(gguf, local, rows["heldout"])

@@ -6,10 +6,12 @@ credentials enforced by SeaweedFS.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -452,6 +454,79 @@ def test_an_output_claimed_by_another_job_is_refused_naming_it_unless_overwrite(
     assert taken.returncode == 0, taken.stderr[-3000:]
     claim = get_json(client, bucket, "shared/owner.json")
     assert (claim["uid"], claim["previousOwner"]["uid"]) == ("uid-2", "uid-1")
+
+
+def test_jobs_claiming_one_output_at_once_leave_exactly_one_owner(
+    tiny: dict[str, Any], s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight validations racing on one fresh prefix: the claim is a conditional write, so one wins and
+    the seven others are refused naming it (a read-then-write claim lets several win)."""
+    from finetune_contract.config import TrainerConfig
+    from finetune_trainer import ownership
+    from finetune_trainer.s3io import S3
+
+    client, bucket = tiny["client"], tiny["bucket"]
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(16))
+    cfg = base_config(bucket, tiny["model"], train, None, "raced")
+    jobs = [TrainerConfig.model_validate(_as_job(cfg, f"job-{i}", f"uid-{i}")) for i in range(8)]
+    start = threading.Barrier(len(jobs))
+
+    def claim(job: Any) -> str | None:
+        s3 = S3()
+        start.wait()
+        return ownership.check_and_claim(s3, job)
+
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        problems = list(pool.map(claim, jobs))
+    winners = [job for job, problem in zip(jobs, problems, strict=True) if problem is None]
+    assert len(winners) == 1, problems
+    [winner] = winners
+    assert get_json(client, bucket, "raced/owner.json")["uid"] == winner.job.uid
+    for problem in problems:
+        assert (
+            problem is None
+            or f"belongs to FineTuneJob team-a/{winner.job.name} (uid {winner.job.uid})" in problem
+        )
+
+
+def test_an_output_taken_over_during_training_is_not_published_over(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another job takes the prefix over (output.overwrite) while this one trains: this one fails with
+    InvalidOutput naming it, and publishes nothing there."""
+    from finetune_contract.config import TrainerConfig
+    from finetune_trainer import ownership
+    from finetune_trainer.s3io import S3
+
+    client, bucket = tiny["client"], tiny["bucket"]
+    train = put_jsonl(client, bucket, "data/train.jsonl", chat_rows(96))
+    cfg = base_config(bucket, tiny["model"], train, None, "taken")
+    cfg["checkpointing"] = {"everySteps": 2, "keep": 3}
+    proc = start_trainer(
+        "train",
+        write_config(tmp_path / "mine.json", _as_job(cfg, "mine", "uid-mine")),
+        s3_env,
+        tmp_path / "mine",
+    )
+    deadline = time.monotonic() + 240
+    while not complete_steps(client, bucket, "taken"):
+        assert proc.poll() is None, "trainer exited before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    other = TrainerConfig.model_validate(_as_job(cfg, "other", "uid-other", overwrite=True))
+    assert ownership.check_and_claim(S3(), other) is None
+
+    run = finish(proc, tmp_path / "mine")
+    assert run.returncode == 42, run.stderr[-3000:]
+    assert run.termination["reason"] == "InvalidOutput"
+    assert "taken over by FineTuneJob team-a/other (uid uid-other)" in run.termination["message"]
+    assert list_keys(client, bucket, "taken/adapter/") == []
+    assert list_keys(client, bucket, "taken/reports/result.json") == []
+    assert get_json(client, bucket, "taken/owner.json")["uid"] == "uid-other"
 
 
 def test_a_recreated_job_does_not_resume_its_predecessor_and_a_published_adapter_is_kept(

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import boto3
 import botocore.config
@@ -54,6 +54,15 @@ TRANSFER = TransferConfig(
     max_concurrency=8,
     use_threads=True,
 )
+
+
+# A conditional write lost to another writer (412), or raced one in flight (409 on AWS): not retried
+# as is, the caller reads again and decides.
+_PRECONDITION_CODES: Final = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
+class PreconditionFailedError(Exception):
+    """A conditional write found the object not as the condition said."""
 
 
 _RETRYABLE = (
@@ -106,6 +115,8 @@ class S3:
             try:
                 return fn()
             except Exception as exc:
+                if _error_code(exc) in _PRECONDITION_CODES:
+                    raise PreconditionFailedError(f"{what}: {_describe(exc)}") from exc
                 if _is_permanent(exc):
                     reason = FailureReason.ACCESS_DENIED if _error_code(exc) in _DENIED_CODES else None
                     raise InvalidInputError(f"{what}: {_describe(exc)}", reason=reason) from exc
@@ -133,13 +144,37 @@ class S3:
             lambda: self.client.upload_file(str(src), uri.bucket, uri.key, Config=TRANSFER),
         )
 
-    def put_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self,
+        uri: S3Uri,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> None:
+        """Write one object; with if_none_match only where none exists, with if_match only over the
+        version whose ETag it names (S3 conditional writes): PreconditionFailedError otherwise."""
+        conditions: dict[str, str] = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
         self._call(
             f"write {uri}",
             lambda: self.client.put_object(
-                Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type
+                Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type, **conditions
             ),
         )
+
+    def get_with_etag(self, uri: S3Uri) -> tuple[bytes, str]:
+        """An object's bytes and the ETag of that version (for a conditional write over it)."""
+
+        def get() -> tuple[bytes, str]:
+            resp = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
+            return resp["Body"].read(), str(resp["ETag"])
+
+        return self._call(f"read {uri}", get)
 
     def get_bytes(self, uri: S3Uri) -> bytes:
         def get() -> bytes:

@@ -547,6 +547,7 @@ def publish(cfg: TrainerConfig, s3: S3, scratch: Path, prepared: Prepared, run: 
         published_step=run["publishedStep"],
     )
     out = S3Uri.parse(cfg.output_prefix)
+    ownership.verify_claim(s3, cfg)
     # result.json, written last below, is the sign that the whole publish is done.
     s3.delete(out.join("reports/result.json"))
     publish_dir(
