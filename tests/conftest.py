@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kube import kubectl, wait_for
+from tests.support.kube import enforce_restricted, kubectl, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,10 +55,17 @@ def cluster() -> dict[str, str]:
 
 
 @pytest.fixture
-def namespace(cluster: dict[str, str]) -> Iterator[str]:
-    """A fresh namespace, deleted (and waited for) after the test."""
+def namespace(cluster: dict[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace, deleted (and waited for) after the test.
+
+    It enforces Pod Security "restricted", as a platform team's namespaces for this product would: every
+    pod the product creates in any test (operator, validation, trainer, stub) is admitted under it, or
+    the test fails there. Tests of the node agent itself, whose own pods use host paths or root, opt out
+    with the `unrestricted_pods` marker."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     kubectl("create", "namespace", name)
+    if request.node.get_closest_marker("unrestricted_pods") is None:
+        enforce_restricted(name)
     # Pods need the namespace's default ServiceAccount, which the real controller creates.
     wait_for(
         lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,

@@ -160,7 +160,11 @@ def test_run_as_user_and_an_unbuilt_image(namespace: str) -> None:
     p = wait_phase(namespace, "as-1000", "Succeeded", "Failed", timeout=90)
     assert p["status"]["phase"] == "Succeeded", logs(namespace, "as-1000")
     assert logs(namespace, "as-1000").strip() == "1000 3000 [2000]"
-    missing = {"name": "main", "image": f"finetune-operator/operator:{images.VERSION}-never-built"}
+    missing = {
+        "name": "main",
+        "image": f"finetune-operator/operator:{images.VERSION}-never-built",
+        "securityContext": RESTRICTED,
+    }
     apply(namespace, pod("never-built", [missing]))
 
     def pull_failed() -> dict[str, Any] | None:

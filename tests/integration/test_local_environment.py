@@ -90,9 +90,11 @@ metadata:
     prometheus.io/port: "9100"
 spec:
   restartPolicy: Never
+  securityContext: {{runAsNonRoot: true, seccompProfile: {{type: RuntimeDefault}}}}
   containers:
   - name: exporter
     image: {image}
+    securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
     command: [python, -c]
     args:
     - |

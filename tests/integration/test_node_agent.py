@@ -21,6 +21,9 @@ from localcluster.paths import POD_CIDR, PORTS
 from tests.support import images
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
+# The node agent's own tests run busybox as root with host paths: not "restricted" pods.
+pytestmark = pytest.mark.unrestricted_pods
+
 NODE = "local-gpu-0"
 
 
