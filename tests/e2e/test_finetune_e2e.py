@@ -17,7 +17,7 @@ from finetune_trainer.tiny_model import smollm2_gguf
 from tests.integration.test_trainer_support import put_jsonl
 from tests.support.facts import FACTS, subset
 from tests.support.helm import CHART, helm
-from tests.support.kube import enforce_restricted, kubectl, kubectl_json, wait_for
+from tests.support.kube import kubectl, kubectl_json, wait_for
 from tests.support.operator import s3_client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,6 @@ JOB = "facts"
 def operator_release(namespace: str) -> Any:
     """The chart installed as a user would, watching this test's namespace only."""
     release = f"e2e-{namespace[-6:]}"
-    enforce_restricted(namespace)
     helm(
         "upgrade", "--install", release, str(CHART), "--namespace", namespace,
         "-f", str(REPO / "helm" / "values-local.yaml"),

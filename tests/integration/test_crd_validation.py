@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.kube import kubectl, wait_for
+from tests.support.kube import enforce_restricted, kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -47,6 +47,7 @@ def ns(crd: None) -> Iterator[str]:
     disturb each other, and 70 namespace lifecycles would cost minutes on a small machine."""
     name = f"crd-{uuid.uuid4().hex[:10]}"
     kubectl("create", "namespace", name)
+    enforce_restricted(name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.support import images
-from tests.support.kube import enforce_restricted, kubectl, kubectl_json, wait_for
+from tests.support.kube import kubectl, kubectl_json, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
@@ -118,8 +118,8 @@ def running_operator(namespace: str, **env: str) -> Iterator[Operator]:
 
 
 def setup_namespace(namespace: str, s3_env: dict[str, str], prices: dict[str, str] | None = None) -> None:
-    """Pod Security "restricted", the S3 Secret (the operator only references it) and the price table."""
-    enforce_restricted(namespace)
+    """The S3 Secret (the operator only references it) and the price table; the namespace fixture has
+    already made the namespace enforce Pod Security "restricted"."""
     kubectl(
         "create",
         "secret",
