@@ -44,6 +44,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,18 @@ def read_dataset(cfg: TrainerConfig, store: Store) -> tuple[dict[str, Any], int,
     return directives, rows, tokens
 
 
+@contextmanager
+def trainer_errors(*, reason: FailureReason | None = None, prefix: str = "") -> Iterator[None]:
+    """The trainer's own errors, raised by the finetune_trainer code the stub runs, as the stub's exits:
+    invalid input 42 (with `reason` instead of the error's own, when given), transient 75."""
+    try:
+        yield
+    except InvalidInputError as err:
+        raise StubError(ExitCode.INVALID_INPUT, reason or err.reason, f"{prefix}{err}") from err
+    except TransientIOError as err:
+        raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
+
+
 def check_base_model(cfg: TrainerConfig) -> None:
     """A pvc:// model must be in the pod, mounted where the config says; an hf:// model must pass the
     trainer's validate-only Hub check (StubError 42 or 75 otherwise)."""
@@ -226,12 +240,8 @@ def check_base_model(cfg: TrainerConfig) -> None:
     path = cfg.base_model.local_path
     if path is None:
         return
-    try:
+    with trainer_errors(reason=FailureReason.INVALID_MODEL):
         local_model(path, cfg.base_model.uri)
-    except InvalidInputError as err:
-        raise StubError(ExitCode.INVALID_INPUT, FailureReason.INVALID_MODEL, str(err)) from err
-    except TransientIOError as err:
-        raise StubError(ExitCode.TRANSIENT, FailureReason.TRANSIENT_ERROR, str(err)) from err
 
 
 def check_hf_model(uri: str) -> None:
@@ -240,28 +250,15 @@ def check_hf_model(uri: str) -> None:
     from finetune_trainer.hf_hub import fetch_hf_model
 
     scratch = Path(os.environ.get("SCRATCH_DIR", "/scratch"))
-    try:
+    # The prefix as finetune_trainer.validate.run_checks files it and __main__ reports it.
+    with trainer_errors(prefix="invalid input: baseModel: "):
         fetch_hf_model(uri, scratch / "model", weights=False)
-    except InvalidInputError as err:
-        # As finetune_trainer.validate.run_checks files it and __main__ reports it.
-        raise StubError(ExitCode.INVALID_INPUT, err.reason, f"invalid input: baseModel: {err}") from err
-    except TransientIOError as err:
-        raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
 
 
-def claim_output(cfg: TrainerConfig, *, verify: bool = False) -> None:
-    """The real trainer's claim on output.uri (finetune_trainer.ownership): one prefix, one job. With
-    verify, the check before publishing that the prefix is still this job's."""
-    s3 = S3(cfg.storage.endpoint, cfg.storage.region)
-    try:
-        if verify:
-            ownership.verify_claim(s3, cfg)
-            return
-        problem = ownership.check_and_claim(s3, cfg)
-    except InvalidInputError as err:
-        raise StubError(ExitCode.INVALID_INPUT, err.reason, str(err)) from err
-    except TransientIOError as err:
-        raise StubError(ExitCode.TRANSIENT, err.reason, str(err)) from err
+def claim_output(cfg: TrainerConfig) -> None:
+    """The real trainer's claim on output.uri (finetune_trainer.ownership): one prefix, one job."""
+    with trainer_errors():
+        problem = ownership.check_and_claim(S3(cfg.storage.endpoint, cfg.storage.region), cfg)
     if problem is not None:
         raise StubError(
             ExitCode.INVALID_INPUT, FailureReason.INVALID_OUTPUT, f"invalid input: output: {problem}"
@@ -372,7 +369,8 @@ def train(cfg: TrainerConfig, store: Store) -> Succeeded:
             if step % cfg.checkpointing.every_steps == 0 and step < total:
                 checkpoint(store, step, saved, metrics)
                 metrics.eval_loss.set(loss + 0.05)
-        claim_output(cfg, verify=True)
+        with trainer_errors():
+            ownership.verify_claim(S3(cfg.storage.endpoint, cfg.storage.region), cfg)
         weights = hashlib.sha256(f"{cfg.job.namespace}/{cfg.job.name}".encode()).digest()
         adapter = store.put("adapter/adapter_model.safetensors", weights)
         store.put("adapter/adapter_config.json", json.dumps({"peft_type": "LORA", "stub": True}).encode())

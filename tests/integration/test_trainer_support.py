@@ -14,9 +14,6 @@ from typing import Any
 import pytest
 from finetune_trainer.tiny_model import build_tiny_llama, smollm2_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples" / "data"
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
