@@ -72,6 +72,9 @@ class InputLimits(WireModel):
     max_json_depth: Annotated[int, Field(ge=2)] = 32
     # Rendering one row with the model's chat template (Jinja, sandboxed but otherwise unbounded).
     template_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # What rendering one row may allocate; a template that builds huge strings or lists fails as
+    # InvalidModel instead of OOM-killing the validation pod (fits in its default 4Gi limit).
+    template_memory_bytes: Annotated[int, Field(ge=16 * 1024**2)] = 512 * 1024**2
 
 
 class TrainerConfig(TrainingSpec):

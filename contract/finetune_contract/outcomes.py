@@ -104,6 +104,11 @@ class Validated(_Summary):
     warnings: int = 0
     hyperparameters: ResolvedHyperparameters | None = None
     """What training will use: the spec's values, the unset ones chosen from the data."""
+    model_bytes: int | None = None
+    """Bytes of the base model's weight files (.safetensors or the .gguf); None where validation cannot
+    see their sizes (hf://). With dataset_file_bytes, what the trainer's scratch volume is sized from."""
+    dataset_file_bytes: int = 0
+    """The largest dataset file: pods download and parse one file at a time."""
 
 
 class Succeeded(_Summary):

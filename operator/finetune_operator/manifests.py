@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from finetune_contract.config import TrainerConfig
-from finetune_contract.outcomes import ExitCode
-from finetune_contract.spec import TrainingSpec
+from finetune_contract.outcomes import ExitCode, Validated
+from finetune_contract.spec import LoRA, TrainingSpec
 from finetune_contract.uris import PVC_MOUNT_PATH, parse_pvc_uri
 
-from . import names
-from .api import API_VERSION, KIND, FineTuneJobSpec
+from . import names, scratch
+from .api import API_VERSION, KIND, FineTuneJobSpec, ResolvedScratch
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -314,10 +314,32 @@ def validation_pod(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSetting
     }
 
 
-def _trainer_resources(spec: FineTuneJobSpec) -> JSON:
+def trainer_scratch(
+    spec: FineTuneJobSpec, validated: Validated, settings: OperatorSettings
+) -> ResolvedScratch:
+    """The trainer pods' scratch volume for this spec, from the sizes its validation measured."""
+    uri = spec.base_model.uri
+    sized = scratch.trainer_scratch(
+        method=spec.method.type,
+        lora_rank=(spec.method.lora or LoRA()).r,
+        weight_bytes=validated.model_bytes,
+        gguf=uri.lower().endswith(".gguf"),
+        downloaded=base_model_claim(spec) is None,
+        dataset_file_bytes=validated.dataset_file_bytes,
+        minimum=settings.trainer_scratch_min_bytes,
+    )
+    return ResolvedScratch(
+        request=scratch.quantity(sized.request),
+        size_limit=scratch.quantity(sized.size_limit) if sized.size_limit is not None else None,
+    )
+
+
+def _trainer_resources(spec: FineTuneJobSpec, scratch_volume: ResolvedScratch | None) -> JSON:
     res = spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
+    if scratch_volume is not None and scratch_volume.request:
+        requests["ephemeral-storage"] = scratch_volume.request
     if res.gpus:
         requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(res.gpus)
     if res.cpu:
@@ -367,6 +389,7 @@ def trainer_job(
     retries_used: int,
     active_deadline_seconds: int | None,
     suspend: bool = False,
+    scratch_volume: ResolvedScratch | None = None,
 ) -> JSON:
     """The batch/v1 Job of one attempt. backoffLimit 0: the FineTuneJob owns the retry budget, and
     every attempt is a new Job that resumes from the last complete checkpoint."""
@@ -377,6 +400,22 @@ def trainer_job(
         node_selector.setdefault(GPU_PRODUCT_LABEL, res.gpu_type)
     tolerations = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations]
     pod_labels = labels(ref, COMPONENT_TRAINER, attempt)
+    pod_spec = _pod_spec(
+        ref,
+        spec,
+        settings,
+        mode="train",
+        attempt=attempt,
+        resources=_trainer_resources(spec, scratch_volume),
+        node_selector=node_selector,
+        tolerations=tolerations,
+        priority_class=res.priority_class_name,
+    )
+    if scratch_volume is not None and scratch_volume.size_limit:
+        # Evicted past this rather than filling the node's disk (see scratch.py for the sizes).
+        next(v for v in pod_spec["volumes"] if v["name"] == "scratch")["emptyDir"] = {
+            "sizeLimit": scratch_volume.size_limit
+        }
     job_spec: JSON = {
         "backoffLimit": 0,
         "completions": res.nodes,
@@ -392,17 +431,7 @@ def trainer_job(
                     "prometheus.io/path": "/metrics",
                 },
             },
-            "spec": _pod_spec(
-                ref,
-                spec,
-                settings,
-                mode="train",
-                attempt=attempt,
-                resources=_trainer_resources(spec),
-                node_selector=node_selector,
-                tolerations=tolerations,
-                priority_class=res.priority_class_name,
-            ),
+            "spec": pod_spec,
         },
     }
     if res.nodes > 1:

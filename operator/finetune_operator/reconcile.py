@@ -283,8 +283,10 @@ def _validate(
                 f"{summary.message or text}: {summary.rows} training rows, {summary.tokens} tokens per epoch"
             )
             resolved = summary.hyperparameters
+            b.st.resolved = Resolved(
+                hyperparameters=resolved, scratch=manifests.trainer_scratch(spec, summary, settings)
+            )
             if resolved is not None:
-                b.st.resolved = Resolved(hyperparameters=resolved)
                 text += f"; {describe_resolved(resolved)}"
             epochs = resolved.epochs if resolved else spec.hyperparameters.epochs or DEFAULT_EPOCHS
             b.st.estimate = estimate(spec, summary.tokens * epochs, obs.prices)
@@ -301,6 +303,17 @@ def _validate(
                 "platform's limit, validation.deadlineSeconds in the chart); a very large dataset or a "
                 "slow chat template: see the logs of pod "
                 f"{pod_name}",
+                permanent=True,
+            )
+        elif f.reason == Reason.OOM_KILLED:
+            # Not the trainer's resources.memory: the validation pod's limit is the platform's. The same
+            # input would be killed again, so this is not retried.
+            f = ChildFailure(
+                Reason.OOM_KILLED,
+                f"the validation pod ran out of memory (the platform's limit, validation.memoryLimit in "
+                f"the chart, is {settings.validation_memory_limit}): the base model's tokenizer or a "
+                f"dataset row needs more than that; see the logs of pod {pod_name}",
+                f.exit_code,
                 permanent=True,
             )
         if not f.permanent:
@@ -444,6 +457,7 @@ def _start_attempt(
         active_deadline_seconds=left,
         # Kueue admits (unsuspends) queued Jobs itself.
         suspend=spec.suspend or bool(spec.queue_name),
+        scratch_volume=b.st.resolved.scratch if b.st.resolved else None,
     )
     b.create(config_map)
     b.create(trainer)

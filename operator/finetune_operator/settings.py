@@ -76,6 +76,7 @@ def _input_limits(env: Mapping[str, str]) -> InputLimits:
         max_line_bytes=_int(env, "FTO_DATASET_MAX_LINE_BYTES", d.max_line_bytes, 1),
         max_json_depth=_int(env, "FTO_DATASET_MAX_JSON_DEPTH", d.max_json_depth, 2),
         template_seconds=_float(env, "FTO_TEMPLATE_SECONDS", d.template_seconds, 0.1),
+        template_memory_bytes=_int(env, "FTO_TEMPLATE_MEMORY_BYTES", d.template_memory_bytes, 16 * 1024**2),
     )
 
 
@@ -113,6 +114,8 @@ class OperatorSettings:
     validation_deadline_seconds: int = 1800
     # The validation pod's scratch (the model's small files and one dataset file at a time).
     validation_scratch: str = "8Gi"
+    # The smallest sizeLimit of a trainer pod's scratch volume (the rest follows the model's size).
+    trainer_scratch_min_bytes: int = 10 * 1024**3
     # Bounds on reading a job's inputs, passed to its pods in the trainer config.
     input_limits: InputLimits = field(default_factory=InputLimits)
     # Namespaces to watch; empty: all namespaces.
@@ -148,6 +151,7 @@ class OperatorSettings:
             ),
             validation_deadline_seconds=_int(e, "FTO_VALIDATION_DEADLINE_SECONDS", 1800, 30),
             validation_scratch=e.get("FTO_VALIDATION_SCRATCH") or "8Gi",
+            trainer_scratch_min_bytes=_int(e, "FTO_TRAINER_SCRATCH_MIN_BYTES", 10 * 1024**3, 1024**3),
             input_limits=_input_limits(e),
             namespaces=tuple(n for n in e.get("FTO_NAMESPACES", "").split(",") if n.strip()),
             api_workers=_int(e, "FTO_API_WORKERS", 16, 1),

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from finetune_contract.spec import MethodType
+from finetune_operator import scratch
+from finetune_operator.settings import OperatorSettings
 
 from tests.integration.test_trainer_support import (
     chat_rows,
@@ -122,6 +125,37 @@ def test_estimate_progress_checkpoints_result_and_resume_with_the_real_trainer(
     )
     assert resolved["auto"] == ["gradientAccumulationSteps"]
     assert "training 1 epoch x 175 steps (batch 2, learning rate 0.003" in message, message
+    # The trainer pods' scratch follows the sizes validation measured: the model's safetensors in S3 and
+    # the dataset file (the tiny model is far under the platform's floor for the limit).
+    s3 = ops.s3_client(s3_env)
+    weights = sum(
+        o["Size"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix="models/tiny/")["Contents"]
+        if o["Key"].endswith(".safetensors")
+    )
+    dataset = s3.head_object(Bucket=bucket, Key="data/real.jsonl")["ContentLength"]
+    assert weights > 0
+    expected = scratch.trainer_scratch(
+        method=MethodType.LORA,
+        lora_rank=8,
+        weight_bytes=weights,
+        gguf=False,
+        downloaded=True,
+        dataset_file_bytes=dataset,
+        minimum=OperatorSettings().trainer_scratch_min_bytes,
+    )
+    assert expected.size_limit is not None
+    sized = {
+        "request": scratch.quantity(expected.request),
+        "sizeLimit": scratch.quantity(expected.size_limit),
+    }
+    assert validated["status"]["resolved"]["scratch"] == sized
+    [trainer_job] = wait_for(lambda: ops.children(ns, "jobs", "real") or None, 60, "the trainer Job")
+    pod_spec = trainer_job["spec"]["template"]["spec"]
+    assert [v["emptyDir"] for v in pod_spec["volumes"] if v["name"] == "scratch"] == [
+        {"sizeLimit": sized["sizeLimit"]}
+    ]
+    assert pod_spec["containers"][0]["resources"]["requests"]["ephemeral-storage"] == sized["request"]
 
     # Suspend once a checkpoint is complete and training is well short of the end.
     def mid_run() -> dict[str, Any] | None:

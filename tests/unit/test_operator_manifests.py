@@ -97,6 +97,7 @@ def test_validation_pod_is_bounded_in_time_and_disk_and_its_config_carries_the_i
             "FTO_VALIDATION_SCRATCH": "3Gi",
             "FTO_DATASET_MAX_ROWS": "5000",
             "FTO_TEMPLATE_SECONDS": "2.5",
+            "FTO_TEMPLATE_MEMORY_BYTES": str(64 * 1024**2),
         }
     )
     pod = manifests.validation_pod(REF, spec(), settings)
@@ -106,6 +107,7 @@ def test_validation_pod_is_bounded_in_time_and_disk_and_its_config_carries_the_i
     assert container(pod["spec"])["resources"]["requests"]["ephemeral-storage"] == "3Gi"
     limits = manifests.trainer_config(REF, spec(), settings).limits
     assert (limits.max_rows, limits.template_seconds, limits.max_json_depth) == (5000, 2.5, 32)
+    assert limits.template_memory_bytes == 64 * 1024**2
     with pytest.raises(ValueError, match="FTO_DATASET_MAX_JSON_DEPTH must be at least 2"):
         OperatorSettings.from_env({"FTO_DATASET_MAX_JSON_DEPTH": "1"})
 

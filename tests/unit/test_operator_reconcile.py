@@ -197,6 +197,25 @@ def test_validation_passed_creates_attempt_one_and_estimates() -> None:
     assert d.status.start_time == NOW
 
 
+def test_the_trainer_pods_scratch_follows_the_sizes_validation_measured() -> None:
+    measured = Validated(rows=120, tokens=3600, model_bytes=16 * 10**9, dataset_file_bytes=5 * 1024**2)
+    d = run(run().status, vpods=[vpod("Succeeded", state=terminated(0, measured))])
+    assert d.status.resolved is not None
+    resolved = d.status.resolved.scratch
+    assert resolved is not None
+    assert resolved.request == "16288Mi"  # 16e9 bytes of weights + 5 MiB of dataset + 1 GiB of caches
+    assert resolved.size_limit == "30937Mi"  # + 4 LoRA r16 states: 8e9 x 0.25% x 16 x 12 bytes = 14648 MiB
+    pod = d.create[1]["spec"]["template"]["spec"]
+    [scratch] = [v for v in pod["volumes"] if v["name"] == "scratch"]
+    assert scratch["emptyDir"] == {"sizeLimit": "30937Mi"}
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "16288Mi"
+    # The next attempt is sized the same from the status (the validation pod is not read again).
+    assert d.status.model_dump(by_alias=True, exclude_none=True)["resolved"]["scratch"] == {
+        "request": "16288Mi",
+        "sizeLimit": "30937Mi",
+    }
+
+
 @pytest.mark.parametrize(
     ("message", "reason", "needle"),
     [
@@ -284,6 +303,19 @@ def test_a_validation_pod_stopped_at_its_deadline_fails_the_job_naming_the_limit
     assert d.done
     assert cond(d, ConditionType.FAILED) == ("True", "DeadlineExceeded")
     assert "validation.deadlineSeconds" in (d.status.message or "")
+
+
+def test_an_oom_killed_validation_pod_fails_at_once_naming_the_platforms_limit_not_the_jobs() -> None:
+    killed = vpod("Failed", state=terminated(137, ""))
+    killed["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    d = run(run().status, vpods=[killed])
+    assert d.done  # the same input would be killed again: no retry
+    assert [k for k, _ in kinds(d)] == []
+    assert cond(d, ConditionType.FAILED) == ("True", "OOMKilled")
+    message = d.status.message or ""
+    assert "validation.memoryLimit" in message
+    assert "4Gi" in message
+    assert "resources.memory" not in message
 
 
 def test_secret_not_found_stalls_validation_then_fails() -> None:

@@ -83,6 +83,8 @@ def test_a_mounted_hf_directory_is_used_in_place(tmp_path: Path) -> None:
     assert model.gguf_file is None
     assert check_loadable(model) == {"format": "hf", "architecture": "LlamaForCausalLM", "tensors": 1}
     assert sorted(p.name for p in model_dir.iterdir()) == before
+    # What the operator sizes the trainer's scratch from: the weight files' bytes.
+    assert model.weight_bytes == (model_dir / "model.safetensors").stat().st_size
 
 
 def test_fetch_model_resolves_pvc_under_the_mount_without_s3_or_copies(tmp_path: Path) -> None:
@@ -102,6 +104,7 @@ def test_a_mounted_gguf_file(tmp_path: Path) -> None:
     model = local_model(gguf, "pvc://models/smollm2.Q4_1.gguf")
     assert (model.directory, model.gguf_file) == (tmp_path, "smollm2.Q4_1.gguf")
     assert model.kwargs == {"gguf_file": "smollm2.Q4_1.gguf"}
+    assert model.weight_bytes == 24
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,11 @@ chat template cannot render (the real SmolLM2 tokenizer with hostile templates).
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
+import pytest
 from finetune_contract.outcomes import FailureReason
 from finetune_trainer.data import MAX_ISSUES_PER_FILE, Row
 from finetune_trainer.tiny_model import smollm2_tokenizer
@@ -74,6 +76,50 @@ def test_a_chat_template_that_never_ends_is_stopped_and_blamed_on_the_model() ->
     assert (issue.file, issue.line, issue.failure_reason) == ("train", 1, FailureReason.INVALID_MODEL)
     assert "took more than 0.5 s" in issue.message
     assert "templateSeconds" in issue.message
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        # one huge string; a list and a string that double; text far longer than the row
+        "{{ 'x' * 4000000000 }}",
+        "{% set ns = namespace(a=[0]) %}{% for i in range(64) %}{% set ns.a = ns.a + ns.a %}{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% for m in messages %}{{ m['content'] * 3000000 }}{% endfor %}",
+    ],
+)
+def test_a_chat_template_that_allocates_without_bound_is_stopped_and_blamed_on_the_model(
+    hostile: str,
+) -> None:
+    report = Report()
+    soft_before = resource.getrlimit(resource.RLIMIT_DATA)
+    examples = _tokenize(
+        CHAT * 3,
+        "chat",
+        _tokenizer_with_template(hostile),
+        max_len=64,
+        name="train",
+        report=report,
+        template_seconds=30,
+        template_memory=64 * 1024**2,
+    )
+    assert resource.getrlimit(resource.RLIMIT_DATA) == soft_before  # restored for the rest of the pod
+    assert examples == []
+    [issue] = report.errors
+    assert (issue.file, issue.line, issue.failure_reason) == ("train", 1, FailureReason.INVALID_MODEL)
+    assert "templateMemoryBytes" in issue.message
+    # The budget is only for the template: ordinary rows still render and tokenize under it.
+    ok = _tokenize(
+        CHAT,
+        "chat",
+        smollm2_tokenizer(),
+        max_len=64,
+        name="train",
+        report=Report(),
+        template_memory=64 * 1024**2,
+    )
+    assert len(ok) == 1
+    assert ok[0].trainable_tokens > 0
 
 
 def test_a_chat_template_that_raises_is_an_issue_on_the_row_not_a_crash() -> None:

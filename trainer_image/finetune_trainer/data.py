@@ -15,14 +15,19 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, Literal
 
 from finetune_contract.config import InputLimits
 from finetune_contract.outcomes import FailureReason
 
+from .memory_budget import MemoryBudgetExceeded, memory_budget
+
 Format = Literal["chat", "prompt-completion", "text"]
 IGNORE_INDEX = -100
+# What a chat template may add to a conversation's own text (system prompts, tool schemas, markup).
+MAX_TEMPLATE_OVERHEAD_CHARS: Final = 1024**2
 ROLES = {"system", "user", "assistant"}
 
 
@@ -276,27 +281,42 @@ class Example:
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool, memory: int = 0) -> str:
+    """The conversation through the model's chat template; with `memory` (bytes), rendering may use at
+    most that much (the template is the model's code, not ours) and its text is refused when it is far
+    longer than the messages, which the tokenizer, outside the budget, would otherwise pay for."""
     clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text: str = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=generation_prompt)
+    with memory_budget(memory) if memory else nullcontext():
+        text: str = tokenizer.apply_chat_template(
+            clean, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    if memory:
+        allowed = 4 * sum(len(str(m["content"])) for m in clean) + MAX_TEMPLATE_OVERHEAD_CHARS
+        if len(text) > allowed:
+            raise MemoryBudgetExceeded(
+                f"rendered {len(clean)} messages to {len(text)} characters (at most {allowed} are "
+                "accepted: 4x the messages plus 1 Mi characters)"
+            )
     return text
 
 
-def _chat_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+def _chat_spans(
+    tokenizer: Any, messages: list[dict[str, Any]], memory: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and find the character spans of trained assistant turns.
 
     Templates differ, so instead of parsing one we render prefixes of the conversation: the
     assistant turn i spans from the end of "messages[:i] + generation prompt" to the end of
     "messages[:i+1]", which includes the template's end-of-turn token so the model learns to stop.
     """
-    full = _render(tokenizer, messages, generation_prompt=False)
+    full = _render(tokenizer, messages, generation_prompt=False, memory=memory)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
             continue
-        before = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
-        upto = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        before = _render(tokenizer, messages[:i], generation_prompt=True, memory=memory) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], generation_prompt=False, memory=memory)
         if full.startswith(before) and full.startswith(upto) and len(upto) > len(before):
             spans.append((len(before), len(upto)))
             cursor = len(upto)
@@ -311,13 +331,17 @@ def _chat_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, li
     return full, spans
 
 
-def tokenize_row(row: dict[str, Any], fmt: Format, tokenizer: Any, max_length: int) -> Example:
+def tokenize_row(
+    row: dict[str, Any], fmt: Format, tokenizer: Any, max_length: int, *, template_memory: int = 0
+) -> Example:
+    """`template_memory`: bytes the chat template may allocate per rendering (0: unbounded), see
+    `memory_budget`; over it, `MemoryBudgetExceeded`."""
     if fmt == "chat":
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(
                 "the base model's tokenizer has no chat template; use prompt/completion rows instead"
             )
-        text, spans = _chat_spans(tokenizer, row["messages"])
+        text, spans = _chat_spans(tokenizer, row["messages"], template_memory)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(enc["input_ids"])
         labels = [IGNORE_INDEX] * len(ids)

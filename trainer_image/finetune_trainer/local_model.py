@@ -11,6 +11,9 @@ from typing import Any
 class LocalModel:
     directory: Path
     gguf_file: str | None  # file name inside `directory` when the model is a GGUF
+    # Bytes of the weight files (.safetensors or the .gguf), wherever they are; None where the source
+    # does not say (hf://). The operator sizes the trainer's scratch volume from it.
+    weight_bytes: int | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:

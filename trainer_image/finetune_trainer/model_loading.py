@@ -48,9 +48,10 @@ def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = Tr
         target = dest / name
         if not target.exists():
             s3.download_file(src, target)
-        return LocalModel(dest, name)
+        return LocalModel(dest, name, weight_bytes=target.stat().st_size)
     prefix = S3Uri(src.bucket, src.key if src.key.endswith("/") or not src.key else src.key + "/")
-    keys = [k for k in s3.list_keys(prefix) if not k.endswith("/")]
+    sizes = {rel: size for rel, size in s3.list_sizes(prefix).items() if not rel.endswith("/")}
+    keys = [prefix.key + rel for rel in sizes]
     if not keys:
         raise InvalidModelError(f"baseModel.uri {uri} is empty: upload a Hugging Face model directory there")
     names = {k[len(prefix.key) :] for k in keys}
@@ -78,7 +79,7 @@ def fetch_model(s3: S3, source: TrainerBaseModel, dest: Path, weights: bool = Tr
         target = dest / rel
         if not target.exists():
             s3.download_file(S3Uri(prefix.bucket, key), target)
-    return LocalModel(dest, None)
+    return LocalModel(dest, None, weight_bytes=sum(v for n, v in sizes.items() if n.endswith(".safetensors")))
 
 
 def local_model(path: Path, uri: str, root: Path | None = None) -> LocalModel:
@@ -103,7 +104,7 @@ def local_model(path: Path, uri: str, root: Path | None = None) -> LocalModel:
                     "model directory or at one .gguf file"
                 )
             _check_local_header(path, where)
-            return LocalModel(path.parent, path.name)
+            return LocalModel(path.parent, path.name, weight_bytes=path.stat().st_size)
         if not path.is_dir():
             raise InvalidModelError(
                 f"{where} does not exist: check the claim's contents and the path after the claim's name"
@@ -129,6 +130,7 @@ def local_model(path: Path, uri: str, root: Path | None = None) -> LocalModel:
             )
         for name in weights:
             _check_local_header(files[name], f"{where}: {name}")
+        weight_bytes = sum(files[name].stat().st_size for name in weights)
     except PermissionError as exc:
         raise InvalidModelError(
             f"{where} is not readable ({exc.strerror}: {exc.filename}): the trainer runs as uid 1000, "
@@ -138,7 +140,7 @@ def local_model(path: Path, uri: str, root: Path | None = None) -> LocalModel:
         raise
     except OSError as exc:
         raise TransientIOError(f"reading {where}: {exc}") from exc
-    return LocalModel(path, None)
+    return LocalModel(path, None, weight_bytes=weight_bytes)
 
 
 def _check_local_header(path: Path, where: str) -> None:

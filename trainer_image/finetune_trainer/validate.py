@@ -26,6 +26,7 @@ from . import data, ownership
 from .deadline import DeadlineExceeded, deadlines
 from .exitcodes import InvalidInputError
 from .local_model import LocalModel
+from .memory_budget import MemoryBudgetExceeded
 from .model_loading import check_loadable, fetch_model, load_tokenizer
 from .s3io import S3
 
@@ -56,6 +57,9 @@ class Report:
     warnings: list[data.Issue] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     resolved: ResolvedHyperparameters | None = None
+    # Sizes the trainer's scratch volume follows (see Validated).
+    model_bytes: int | None = None
+    dataset_file_bytes: int = 0
 
     @property
     def valid(self) -> bool:
@@ -91,6 +95,8 @@ class Report:
             train=stats,
             warnings=len(self.warnings),
             hyperparameters=self.resolved,
+            model_bytes=self.model_bytes,
+            dataset_file_bytes=self.dataset_file_bytes,
         )
 
     def summary(self) -> str:
@@ -130,6 +136,7 @@ def _load_file(
     source = S3Uri.parse(uri)
     try:
         size = s3.size(source)
+        report.dataset_file_bytes = max(report.dataset_file_bytes, size)
         if size > limits.max_file_bytes:
             report.errors.append(
                 data.Issue(
@@ -199,6 +206,7 @@ def _tokenize(
     name: str,
     report: Report,
     template_seconds: float = InputLimits().template_seconds,
+    template_memory: int = InputLimits().template_memory_bytes,
 ) -> list[data.Example]:
     examples = []
     problems = 0
@@ -211,20 +219,26 @@ def _tokenize(
                 break
             try:
                 with deadline.limit():
-                    example = data.tokenize_row(row.data, fmt, tokenizer, max_len)
+                    example = data.tokenize_row(
+                        row.data, fmt, tokenizer, max_len, template_memory=template_memory
+                    )
             except ValueError as exc:
                 report.errors.append(data.Issue(name, row.line, str(exc)))
                 problems += 1
                 continue
-            except DeadlineExceeded as exc:
+            except (DeadlineExceeded, MemoryBudgetExceeded) as exc:
                 # The template, not the row, is at fault: one row is enough to say so.
+                limit = (
+                    "limits.dataset.templateSeconds"
+                    if isinstance(exc, DeadlineExceeded)
+                    else "limits.dataset.templateMemoryBytes"
+                )
                 report.errors.append(
                     data.Issue(
                         name,
                         row.line,
                         f"the model's chat template {exc} to render this row (the platform's limit, "
-                        "limits.dataset.templateSeconds); fix or replace the template in the model's "
-                        "tokenizer_config.json",
+                        f"{limit}); fix or replace the template in the model's tokenizer_config.json",
                         reason=FailureReason.INVALID_MODEL,
                     )
                 )
@@ -306,6 +320,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     tokenizer: Any = None
     try:
         model = fetch_model(s3, cfg.base_model, scratch / "model", weights=full_model)
+        report.model_bytes = model.weight_bytes
         report.info["baseModel"] = {"uri": cfg.base_model.uri, "loadable": True, **check_loadable(model)}
         tokenizer = load_tokenizer(model)
     except InvalidInputError as exc:
@@ -361,6 +376,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
     if model is None or tokenizer is None:
         return report, None  # token statistics need the model's tokenizer
     template_seconds = cfg.limits.template_seconds
+    template_memory = cfg.limits.template_memory_bytes
     train_examples = _tokenize(
         train_rows,
         fmt,
@@ -369,6 +385,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
         name="train",
         report=report,
         template_seconds=template_seconds,
+        template_memory=template_memory,
     )
     # Rows split off train keep their train line numbers, so they are reported as train's.
     val_name = "validation" if cfg.dataset.validation else "train"
@@ -380,6 +397,7 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
         name=val_name,
         report=report,
         template_seconds=template_seconds,
+        template_memory=template_memory,
     )
     report.info["files"] = {
         "train": {

@@ -24,6 +24,8 @@ replicas would otherwise fight over one port.
   value: {{ .Values.trainer.image | quote }}
 - name: FTO_TRAINER_METRICS_PORT
   value: {{ .Values.trainer.metricsPort | quote }}
+- name: FTO_TRAINER_SCRATCH_MIN_BYTES
+  value: {{ .Values.trainer.scratchMinBytes | int64 | quote }}
 - name: FTO_PRICE_CONFIGMAP
   value: {{ include "fto.pricesName" . | quote }}
 - name: FTO_S3_ENDPOINT
@@ -62,6 +64,8 @@ replicas would otherwise fight over one port.
   value: {{ .Values.limits.dataset.maxJsonDepth | int64 | quote }}
 - name: FTO_TEMPLATE_SECONDS
   value: {{ .Values.limits.dataset.templateSeconds | quote }}
+- name: FTO_TEMPLATE_MEMORY_BYTES
+  value: {{ .Values.limits.dataset.templateMemoryBytes | int64 | quote }}
 - name: FTO_METRICS_PORT
   value: {{ ternary .Values.ports.metrics 0 .Values.metrics.enabled | quote }}
 - name: FTO_METRICS_HOST

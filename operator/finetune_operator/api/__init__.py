@@ -35,6 +35,7 @@ from .status import (
     Phase,
     Progress,
     Resolved,
+    ResolvedScratch,
     Usage,
     format_eta,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "Progress",
     "Reason",
     "Resolved",
+    "ResolvedScratch",
     "Resources",
     "Retries",
     "Storage",

@@ -149,12 +149,25 @@ class Outputs(ReadModel):
     last step when there is no validation set)."""
 
 
+class ResolvedScratch(ReadModel):
+    """The trainer pods' scratch volume, sized from the base model's and the largest dataset file's
+    bytes measured by validation."""
+
+    request: Short | None = None
+    """The ephemeral-storage request: the downloaded model, one dataset file and caches."""
+    size_limit: Short | None = None
+    """The emptyDir sizeLimit: the request plus room for the training state (checkpoints, best
+    weights); unset where the model's size is unknown (hf://)."""
+
+
 class Resolved(ReadModel):
     """What the job runs with, resolved by validation from the spec and the data."""
 
     hyperparameters: ResolvedHyperparameters | None = None
     """The hyperparameters in force: the spec's values, the unset ones chosen from the data (listed in
     auto)."""
+    scratch: ResolvedScratch | None = None
+    """The trainer pods' scratch volume."""
 
 
 class Usage(ReadModel):
