@@ -141,7 +141,8 @@ bench-profile: venv
 .PHONY: bench-threads
 bench-threads: venv
 	$(PY) bench/threads_bench.py --write-docs
-# Four fine-tunes of SmolLM2-135M through the operator with no hyperparameters (about an hour on 2 cores).
+# Four fine-tunes of SmolLM2-135M through the operator (installed with its chart, as `make demo` does)
+# with no hyperparameters (two to three hours on 2 cores; `--sets` runs some).
 .PHONY: bench-quality
-bench-quality: cluster-up
+bench-quality: install
 	$(PY) bench/quality_bench.py --write-docs

@@ -2,7 +2,8 @@
 
 Each job names only a base model (SmolLM2-135M-Instruct), a training set, a held-out test set and an
 output: epochs, learning rate, batch and warm-up are chosen by validation (docs/hyperparameters.md).
-Jobs run one after the other on the local environment (`make cluster-up`), and the scores are read
+Jobs run one after the other through the operator installed on the local environment (`make
+install`, which `make bench-quality` runs first), and the scores are read
 from each job's status and reports/result.json. Knowledge sets (facts-*) are scored by the lenient
 exact match (the answer within the first line), behaviour sets (routing-*) by strict match (the first
 line is the label and nothing else).

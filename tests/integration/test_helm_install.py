@@ -280,6 +280,17 @@ def test_install_run_upgrade_uninstall(
     submit("first", ns, s3_env, s3_bucket, rows=20, step_seconds=0.2)
     first = finished(release, "first", 120)
     assert first["status"]["outputs"]["adapterURI"].endswith("/out/first/adapter/")
+    # The chart's NetworkPolicy for job pods is in this namespace, and its selector, as the API server
+    # reads it, picks both of the job's pods (the local node does not enforce policies; a CNI would).
+    policy = kubectl_json("get", "networkpolicy", f"{release.fullname}-jobs", "-n", ns)["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    selector = [f"{k}={v}" for k, v in policy["podSelector"]["matchLabels"].items()] + [
+        f"{e['key']} {e['operator'].lower()} ({','.join(e['values'])})"
+        for e in policy["podSelector"].get("matchExpressions", [])
+    ]
+    covered = kubectl_json("get", "pods", "-n", ns, "-l", ",".join([*selector, "finetune.dev/job=first"]))
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in covered["items"]}
+    assert components == {"validation", "trainer"}, components
 
     # Take its RoleBinding away: the API server refuses *its ServiceAccount*, by name.
     kubectl("delete", "rolebinding", release.fullname, "-n", ns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import threading
@@ -277,6 +278,60 @@ def test_nesting_past_the_json_parser_is_an_invalid_row_not_a_crash(
     assert run.returncode == 42, run.stderr[-3000:]
     assert (run.termination["reason"], run.termination.get("line")) == ("InvalidDataset", 2)
     assert "nested deeper than 32 levels" in run.termination["message"]
+
+
+def test_a_chat_template_that_allocates_without_bound_is_invalid_model_with_its_line(
+    tiny: dict[str, Any],
+    s3_env: dict[str, str],
+    tmp_path: Path,
+    tiny_model_dir: Path,  # noqa: F811
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    bomb = tmp_path / "bomb"
+    shutil.copytree(tiny_model_dir, bomb)
+    tokenizer_config = json.loads((bomb / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (bomb / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (bomb / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['content'] * 10**10 }}{% endfor %}"
+    )
+    model = upload_dir(client, bomb, bucket, "models/bomb")
+    train = put_jsonl(client, bucket, "data/bomb.jsonl", _lines(GOOD, GOOD))
+    config = base_config(bucket, model, train, None, "bomb")
+    config["limits"] = {"templateMemoryBytes": 64 * 1024**2}
+    started = time.monotonic()
+    run = run_trainer(
+        "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch"
+    )
+    assert time.monotonic() - started < 120
+    assert run.returncode == 42, run.stderr[-3000:]  # not an OOM kill (137), not a crash (1)
+    assert (run.termination["reason"], run.termination.get("line")) == ("InvalidModel", 1)
+    assert "templateMemoryBytes" in run.termination["message"]
+    report = get_json(client, bucket, "bomb/reports/validation.json")
+    assert report["valid"] is False
+
+
+def test_a_passed_validation_reports_the_sizes_the_trainer_scratch_follows(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    rows = _lines(*chat_rows(60))
+    train = put_jsonl(client, bucket, "data/sized.jsonl", rows)
+    config = base_config(bucket, tiny["model"], train, None, "sized")
+    run = run_trainer(
+        "validate", write_config(tmp_path / "config.json", config), s3_env, tmp_path / "scratch"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    weights = sum(
+        o["Size"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix="models/tiny/")["Contents"]
+        if o["Key"].endswith(".safetensors")
+    )
+    assert weights > 0
+    assert (run.termination["modelBytes"], run.termination["datasetFileBytes"]) == (
+        weights,
+        len(rows.encode()),
+    )
 
 
 def test_missing_model_is_permanent(
