@@ -68,8 +68,13 @@ def trainer_scratch(
 
 
 def quantity(n: int) -> str:
-    """Bytes as a Kubernetes quantity in Mi (exact after _round_up)."""
-    return f"{-(-n // MIB)}Mi"
+    """Bytes (rounded up to a MiB) as a Kubernetes quantity in the API server's canonical form: the
+    largest binary suffix that keeps the number whole (10240Mi is stored as 10Gi)."""
+    mib = -(-n // MIB)
+    for suffix, size in (("Ti", 1024**2), ("Gi", 1024)):
+        if mib % size == 0:
+            return f"{mib // size}{suffix}"
+    return f"{mib}Mi"
 
 
 def _round_up(n: int) -> int:

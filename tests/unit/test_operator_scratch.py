@@ -70,5 +70,8 @@ def test_sizes_are_whole_mebibytes_as_kubernetes_quantities() -> None:
     assert request % MIB == 0
     assert limit is not None
     assert limit % MIB == 0
-    assert quantity(request) == f"{request // MIB}Mi"
     assert quantity(MIB + 1) == "2Mi"
+    # The API server's canonical form, so what status shows is what the pod's spec reads back as.
+    assert quantity(10 * GIB) == "10Gi"
+    assert quantity(2 * 1024 * GIB) == "2Ti"
+    assert quantity(10 * GIB + MIB) == "10241Mi"
