@@ -79,7 +79,7 @@ class ResolvedHyperparameters(ReadModel):
     gradient_accumulation_steps: int
     """Forward passes summed into each optimizer step."""
     effective_batch_size: int
-    """Sequences per optimizer step: batchSize x gradientAccumulationSteps (per process)."""
+    """Sequences per optimizer step: batchSize x gradientAccumulationSteps x processes (GPUs x nodes)."""
     steps_per_epoch: int
     """Optimizer steps of one pass over the training rows."""
     total_steps: int
@@ -137,25 +137,33 @@ def auto_warmup_steps(total_steps: int) -> int:
     return max(math.ceil(total_steps * WARMUP_SHARE), floor)
 
 
-def resolve(hp: Hyperparameters, method: MethodType, data: DataShape) -> ResolvedHyperparameters:
-    """The values a run uses: each set field as it is, each unset one chosen from `data` and `method`."""
+def resolve(
+    hp: Hyperparameters, method: MethodType, data: DataShape, world_size: int = 1
+) -> ResolvedHyperparameters:
+    """The values a run uses: each set field as it is, each unset one chosen from `data` and `method`.
+
+    batchSize is per process, so `world_size` processes (GPUs x nodes) train on world_size times as many
+    sequences per step; the automatic batch is the same effective batch whatever the world size (split
+    between the processes), so adding GPUs makes a run faster, not different.
+    """
     rows = max(1, data.rows)
+    world = max(1, world_size)
     auto: list[str] = []
 
     target = auto_batch_size(rows)
     micro = hp.batch_size
     if micro is None:
         accum_hint = hp.gradient_accumulation_steps or 1
-        micro = max(1, min(target // accum_hint, micro_batch_cap(data.p95_tokens)))
+        micro = max(1, min(target // (accum_hint * world), micro_batch_cap(data.p95_tokens)))
         auto.append("batchSize")
     accum = hp.gradient_accumulation_steps
     if accum is None:
         # A batchSize the user sets is the batch they want; otherwise accumulation makes up the
         # automatic batch that the memory cap kept out of one forward pass.
-        accum = 1 if hp.batch_size is not None else max(1, math.ceil(target / micro))
+        accum = 1 if hp.batch_size is not None else max(1, math.ceil(target / (micro * world)))
         auto.append("gradientAccumulationSteps")
-    effective = micro * accum
-    per_epoch = max(1, math.ceil(math.ceil(rows / micro) / accum))
+    effective = micro * accum * world
+    per_epoch = max(1, math.ceil(math.ceil(rows / (micro * world)) / accum))
 
     epochs = hp.epochs
     if epochs is None:

@@ -63,11 +63,13 @@ class Kube:
             "ConfigMap": lambda: self.core.create_namespaced_config_map(ns, obj, _preload_content=False),
             "Pod": lambda: self.core.create_namespaced_pod(ns, obj, _preload_content=False),
             "Job": lambda: self.batch.create_namespaced_job(ns, obj, _preload_content=False),
+            "Service": lambda: self.core.create_namespaced_service(ns, obj, _preload_content=False),
         }
         readers: dict[str, Callable[[], Any]] = {
             "ConfigMap": lambda: self.core.read_namespaced_config_map(name, ns, _preload_content=False),
             "Pod": lambda: self.core.read_namespaced_pod(name, ns, _preload_content=False),
             "Job": lambda: self.batch.read_namespaced_job(name, ns, _preload_content=False),
+            "Service": lambda: self.core.read_namespaced_service(name, ns, _preload_content=False),
         }
         try:
             await self._call(creators[kind])

@@ -20,6 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from finetune_contract.config import TrainerConfig
+from finetune_contract.distributed import (
+    COMPLETION_INDEX_ANNOTATION,
+    MASTER_ADDR,
+    MASTER_PORT,
+    NODE_RANK,
+    World,
+    rendezvous_port,
+)
 from finetune_contract.outcomes import ExitCode, Validated
 from finetune_contract.spec import LoRA, TrainingSpec
 from finetune_contract.uris import PVC_MOUNT_PATH, parse_pvc_uri
@@ -163,6 +171,10 @@ def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/cache"},
         {"name": "FINETUNE_JOB", "value": f"{ref.namespace}/{ref.name}"},
         {"name": "FINETUNE_ATTEMPT", "value": str(attempt)},
+        # The world's shape: the validation pod resolves the batch for it, the trainer launches it.
+        *({"name": k, "value": v} for k, v in world(spec).env().items()),
+        # The launcher gives its workers this long, less a margin, to checkpoint after a SIGTERM.
+        {"name": "FTO_TERMINATION_GRACE_SECONDS", "value": str(settings.termination_grace_seconds)},
         # The trainer sizes its thread pools from these (millicores), not from the node's cores.
         *(
             {
@@ -179,6 +191,51 @@ def _env(ref: JobRef, spec: FineTuneJobSpec, settings: OperatorSettings, attempt
         ),
     ]
     return env
+
+
+def world(spec: FineTuneJobSpec) -> World:
+    return World.for_resources(spec.resources.gpus, spec.resources.nodes)
+
+
+def rendezvous_env(ref: JobRef, spec: FineTuneJobSpec, attempt: int) -> list[JSON]:
+    """Where a distributed attempt's pods meet: the index-0 pod, through the attempt's headless Service
+    for several pods; each pod's node rank is its completion index (downward API)."""
+    job_name = names.trainer_job_name(ref.name, attempt)
+    multi_node = spec.resources.nodes > 1
+    master = f"{job_name}-0.{job_name}" if multi_node else "127.0.0.1"
+    node_rank: JSON = (
+        {"valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}
+        if multi_node
+        else {"value": "0"}
+    )
+    return [
+        {"name": MASTER_ADDR, "value": master},
+        {"name": MASTER_PORT, "value": str(rendezvous_port(ref.uid, attempt))},
+        {"name": NODE_RANK, **node_rank},
+    ]
+
+
+def trainer_service(ref: JobRef, spec: FineTuneJobSpec, attempt: int) -> JSON:
+    """The headless Service of a multi-node attempt: `<job>-<index>.<job>` names each of its pods.
+    publishNotReadyAddresses, because the pods have no readiness probe to pass before they meet."""
+    job_name = names.trainer_job_name(ref.name, attempt)
+    port = rendezvous_port(ref.uid, attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job_name,
+            "namespace": ref.namespace,
+            "labels": labels(ref, COMPONENT_TRAINER, attempt),
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels(ref, COMPONENT_TRAINER, attempt),
+            "ports": [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
 
 
 def _hub_env(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[JSON]:
@@ -434,8 +491,12 @@ def trainer_job(
             "spec": pod_spec,
         },
     }
+    if world(spec).distributed:
+        pod_spec["containers"][0]["env"] += rendezvous_env(ref, spec, attempt)
     if res.nodes > 1:
         job_spec["completionMode"] = "Indexed"
+        # Pods are named <job>-<index> by the Job controller; the Service of that name resolves them.
+        pod_spec["subdomain"] = job_name
     if active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = max(1, active_deadline_seconds)
     job_labels = dict(pod_labels)

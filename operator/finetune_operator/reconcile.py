@@ -460,6 +460,8 @@ def _start_attempt(
         scratch_volume=b.st.resolved.scratch if b.st.resolved else None,
     )
     b.create(config_map)
+    if spec.resources.nodes > 1:
+        b.create(manifests.trainer_service(job.ref, spec, attempt))
     b.create(trainer)
     b.st.start_time = start
     b.st.attempts = attempt
@@ -634,7 +636,8 @@ def _budget(b: _Builder, spec: FineTuneJobSpec) -> None:
 
 
 def _succeed(b: _Builder, spec: FineTuneJobSpec, pods: Sequence[JSON]) -> None:
-    done = [p for p in pods if _phase(p) == "Succeeded"]
+    # Rank 0 (index 0 of a multi-node Job) publishes and reports the run's summary.
+    done = sorted((p for p in pods if _phase(p) == "Succeeded"), key=_completion_index)
     found = termination_summary(done[0]) if done else None
     summary = found if isinstance(found, Succeeded) else None
     adapter = summary.adapter_uri if summary is not None else None

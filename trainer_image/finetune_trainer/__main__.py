@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_contract.config import TrainerConfig, load_config
+from finetune_contract.distributed import World
 from finetune_contract.outcomes import ExitCode, Failed, FailureReason, Succeeded, Validated
 
 from . import threads
@@ -80,25 +81,44 @@ def _write_validation(s3: Any, cfg: TrainerConfig, scratch: Path, payload: dict[
         log.warning("could not upload validation.json: %s", exc)
 
 
-def train(cfg: TrainerConfig, cpu_threads: int) -> Succeeded:
-    """Validate, then train (resuming from the last complete checkpoint), evaluate and publish."""
+def train(cfg: TrainerConfig, cpu_threads: int) -> Succeeded | None:
+    """Validate, then train (resuming from the last complete checkpoint), evaluate and publish.
+
+    In a distributed run this is one worker: rank 0 serves /metrics, writes the reports and publishes;
+    the other ranks train their share and return None.
+    """
+    import torch
+
+    from . import distributed
     from . import train as training
     from .metrics_server import create_metrics, serve
     from .s3io import S3
     from .validate import run_checks
 
+    rank = distributed.Rank.from_env()
     threads.apply_to_torch(cpu_threads)
     preemption = training.Preemption()
     preemption.install()
-    metrics = serve(create_metrics())
+    distributed.init(rank, "cuda" if torch.cuda.is_available() else "cpu")
+    metrics = serve(create_metrics()) if rank.is_main else create_metrics()
     try:
         s3 = S3(cfg.storage.endpoint, cfg.storage.region)
         scratch = _scratch()
+        # One download per pod: its other ranks wait, then find the files in place (s3io.download_file).
+        if not rank.is_local_main:
+            distributed.barrier(rank)
         report, prepared = run_checks(cfg, s3, scratch, full_model=True)
-        _write_validation(s3, cfg, scratch, report.as_dict())
+        if rank.is_local_main:
+            distributed.barrier(rank)
+        if rank.is_main:
+            _write_validation(s3, cfg, scratch, report.as_dict())
         if prepared is None:
             raise report.failure()
-        run = training.run_training(cfg, s3, scratch, prepared, metrics=metrics, preemption=preemption)
+        run = training.run_training(
+            cfg, s3, scratch, prepared, metrics=metrics, preemption=preemption, rank=rank
+        )
+        if not rank.is_main:
+            return None
         return training.publish(cfg, s3, scratch, prepared, run)
     finally:
         metrics.close()
@@ -115,6 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     # Before torch or the tokenizers are imported: their pools read the sizes when they start.
     cpu_threads = threads.configure(os.environ)
+    world = World.from_env(os.environ)
+    if args.mode == "train" and world.distributed and "LOCAL_RANK" not in os.environ:
+        # This process is the pod's launcher; its workers come back here with LOCAL_RANK set.
+        from .launch import launch
+
+        threads.share(os.environ, cpu_threads, world.nproc_per_node)
+        try:
+            return launch(list(argv if argv is not None else sys.argv[1:]))
+        except Exception as exc:
+            traceback.print_exc()
+            _fail(FailureReason.TRAINER_ERROR, 1, f"the launcher failed: {type(exc).__name__}: {exc}")
+            return 1
     try:
         cfg = load_config(args.config)
     except (OSError, ValueError) as exc:
@@ -122,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", message)
         _fail(FailureReason.INVALID_CONFIG, ExitCode.INVALID_INPUT, message)
         return ExitCode.INVALID_INPUT
-    summary: Validated | Succeeded
+    summary: Validated | Succeeded | None
     try:
         summary = validate(cfg) if args.mode == "validate" else train(cfg, cpu_threads)
     except TrainerError as exc:
@@ -138,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         _fail(FailureReason.TRAINER_ERROR, 1, f"{type(exc).__name__}: {exc}")
         return 1
+    if summary is None:
+        log.info("done: this rank's share of the training is finished")
+        return ExitCode.SUCCESS
     log.info("done: %s", summary.message or summary.result)
     write_termination_message(summary)
     return ExitCode.SUCCESS

@@ -146,6 +146,10 @@ def write_termination_message(summary: Validated | Succeeded | Failed) -> str:
     """Write the typed summary (< 4 KiB) where Kubernetes reads the termination message."""
     text = render_summary(summary)
     path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
+    outcomes = os.environ.get("FTO_OUTCOME_DIR")
+    if outcomes:
+        # A worker of a distributed run: the launcher picks which worker's summary the pod reports.
+        path = os.path.join(outcomes, f"rank-{os.environ.get('RANK', '0')}.json")
     try:
         Path(path).write_text(text)
     except OSError as exc:

@@ -132,6 +132,10 @@ class S3:
     # --- objects -------------------------------------------------------------------------
     def download_file(self, uri: S3Uri, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # The other ranks of a distributed pod fetch after its local rank 0 (distributed.py): what
+        # that rank downloaded is in place, whole (boto3 renames a finished download into place).
+        if dest.is_file() and dest.stat().st_size == self.size(uri):
+            return dest
         self._call(
             f"download {uri}",
             lambda: self.client.download_file(uri.bucket, uri.key, str(dest), Config=TRANSFER),

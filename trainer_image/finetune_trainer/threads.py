@@ -67,6 +67,15 @@ def configure(environ: MutableMapping[str, str]) -> int:
         return count
 
 
+def share(environ: MutableMapping[str, str], count: int, processes: int) -> int:
+    """Split the pod's threads between the workers it launches (a distributed run on CPU): each worker's
+    pools get count / processes, at least one, whatever was set for the pod as a whole."""
+    each = max(1, count // max(1, processes))
+    for name in POOL_ENV:
+        environ[name] = str(each)
+    return each
+
+
 def apply_to_torch(count: int) -> None:
     """torch's intra-op pool (inter-op work is rare in eager training: one thread)."""
     import torch

@@ -32,10 +32,11 @@ from transformers import (
     set_seed,
 )
 
-from . import evaluate, outputs, ownership
+from . import distributed, evaluate, outputs, ownership
 from .best import BestWeights
 from .checkpoints import CheckpointStore
-from .exitcodes import InvalidInputError, PreemptedError
+from .distributed import Rank
+from .exitcodes import InvalidInputError, PreemptedError, TransientIOError
 from .loss import KeepLabelledLogits, labelled_token_loss
 from .metrics_server import TrainerMetrics
 from .model_loading import load_model
@@ -135,8 +136,10 @@ class ContractCallback(TrainerCallback):
         s3: S3,
         layers: list[torch.nn.Module] | None,
         counter: TokenCounter,
+        rank: Rank | None = None,
     ) -> None:
         self.cfg = cfg
+        self.rank = rank or Rank()
         self.resolved = resolved
         self.store = store
         self.best = best
@@ -188,7 +191,8 @@ class ContractCallback(TrainerCallback):
         self._unfrozen = count
 
     def on_step_end(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        self._token_base += self.counter.tokens - self._counted
+        # Every rank counts the tokens of its own share of the batch; the run's count is their sum.
+        self._token_base += distributed.total(self.rank, self.counter.tokens - self._counted)
         self._counted = self.counter.tokens
         state.num_input_tokens_seen = self._token_base
         self.metrics.step.set(state.global_step)
@@ -205,7 +209,9 @@ class ContractCallback(TrainerCallback):
             # final evaluation lets the last step compete for the best.
             control.should_save = True
             control.should_evaluate = args.eval_strategy != "no"
-        if self.preemption.requested:
+        # A SIGTERM on any rank stops every rank at this same step, each with its part of the checkpoint.
+        if distributed.any_rank(self.rank, self.preemption.requested):
+            self.preemption.event.set()
             control.should_save = True
             control.should_training_stop = True
 
@@ -230,7 +236,8 @@ class ContractCallback(TrainerCallback):
         log.info("%s", json.dumps(entry))
 
     def _observe_eval(self, step: int, loss: float, model: Any | None) -> None:
-        if self.best.observe(step, loss, model):
+        # Every rank sees the same (gathered) loss and keeps the same count; rank 0 keeps the weights.
+        if self.best.observe(step, loss, model if self.rank.is_main else None):
             self.bad_evals = 0
         else:
             self.bad_evals += 1
@@ -255,6 +262,10 @@ class ContractCallback(TrainerCallback):
             control.should_save = True
 
     def on_save(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        # Every rank's files of this step are written (each rank saves its RNG state) before the upload.
+        distributed.barrier(self.rank)
+        if not self.rank.is_main:
+            return
         local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         uploading = CheckpointRef(step=state.global_step, complete=False)
         self.metrics.report_checkpoints([*self.checkpoints, uploading])
@@ -272,8 +283,17 @@ class ContractCallback(TrainerCallback):
 
 
 def training_arguments(
-    cfg: TrainerConfig, resolved: ResolvedHyperparameters, scratch: Path, device: str, has_eval: bool
+    cfg: TrainerConfig,
+    resolved: ResolvedHyperparameters,
+    scratch: Path,
+    device: str,
+    has_eval: bool,
+    *,
+    distributed_run: bool = False,
 ) -> Any:
+    """transformers' own DDP runs a distributed run (the launcher set the variables it reads): batch_size
+    is per process, and tokens are counted across ranks for the loss (average_tokens_across_devices),
+    so the gradients are those of one process with the whole batch."""
     hp = cfg.hyperparameters
     total = resolved.total_steps
     # Evaluations twice per epoch and at least six per run: often enough for the best step to be near
@@ -314,6 +334,9 @@ def training_arguments(
         include_num_input_tokens_seen="no",
         prediction_loss_only=True,
         gradient_checkpointing=cfg.method.type == "qlora",
+        ddp_backend=("nccl" if device == "cuda" else "gloo") if distributed_run else None,
+        # Gradual unfreezing changes which parameters train after DDP is built; LoRA's frozen base never does.
+        ddp_find_unused_parameters=cfg.hyperparameters.gradual_unfreezing,
     )
 
 
@@ -325,7 +348,9 @@ def run_training(
     *,
     metrics: TrainerMetrics,
     preemption: Preemption,
+    rank: Rank | None = None,
 ) -> dict[str, Any]:
+    rank = rank or Rank()
     hp = cfg.hyperparameters
     resolved = prepared.resolved
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -339,7 +364,7 @@ def run_training(
 
     owner = ownership.run_owner(cfg)
     store = CheckpointStore(s3, cfg.output_prefix, cfg.checkpointing.keep, owner=owner)
-    resume = store.download_latest(scratch / "resume")
+    resume = _resume_point(store, scratch / "resume", rank)
     if resume:
         log.info("resuming from checkpoint step %d", resume[0])
     elif store.skipped:
@@ -348,7 +373,7 @@ def run_training(
     metrics.report_checkpoints(found)
 
     base_full: dict[str, Any] | None = None
-    if cfg.method.type == "full":
+    if cfg.method.type == "full" and rank.is_main:
         # Full fine-tunes overwrite the base weights, so the base is measured before training
         # (once: the numbers are kept on S3 for restarts).
         base_full = _base_eval_before_training(cfg, s3, model, tokenizer, prepared, owner=owner)
@@ -362,7 +387,9 @@ def run_training(
         if hp.packing
         else PaddingCollator(tokenizer.pad_token_id, counter)
     )
-    args = training_arguments(cfg, resolved, scratch, device, bool(prepared.val_examples))
+    args = training_arguments(
+        cfg, resolved, scratch, device, bool(prepared.val_examples), distributed_run=rank.distributed
+    )
     best = BestWeights(s3, cfg.output_prefix, scratch, full=cfg.method.type == "full", owner=owner)
     log_sink: list[dict[str, Any]] = []
     layers = decoder_layers(model) if hp.gradual_unfreezing else None
@@ -378,6 +405,7 @@ def run_training(
         s3=s3,
         layers=layers,
         counter=counter,
+        rank=rank,
     )
     callback.checkpoints = found
     trainer = Trainer(
@@ -402,6 +430,9 @@ def run_training(
             checkpoints=callback.checkpoints,
         )
 
+    if not rank.is_main:
+        # Rank 0 alone evaluates and publishes; this rank's share of the work is done.
+        return {"state": state, "checkpoints": callback.checkpoints}
     published_step = best.restore(model, state.global_step)
     log.info("training done at step %d; evaluating the weights of step %d", state.global_step, published_step)
     eval_report = _final_eval(cfg, model, tokenizer, prepared, base_full)
@@ -432,6 +463,19 @@ def run_training(
         "log": log_sink,
         "checkpoints": callback.checkpoints,
     }
+
+
+def _resume_point(store: CheckpointStore, dest: Path, rank: Rank) -> tuple[int, Path] | None:
+    """The checkpoint every rank resumes from: rank 0's choice, downloaded once per pod."""
+    resume = store.download_latest(dest) if rank.is_local_main else None
+    distributed.barrier(rank)
+    step = distributed.from_main(rank, resume[0] if resume else None)
+    if not rank.distributed:
+        return resume
+    if rank.is_local_main and (resume[0] if resume else None) != step:
+        # Only a checkpoint written meanwhile could do this; the next attempt decides again.
+        raise TransientIOError(f"rank {rank.rank} found checkpoint {resume} but rank 0 resumes from {step}")
+    return (step, dest / f"checkpoint-{step}") if step is not None else None
 
 
 def _perplexity(loss: float | None) -> float | None:

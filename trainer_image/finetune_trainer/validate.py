@@ -10,6 +10,7 @@ The same checks run at the start of `train`, so a job that skipped validation fa
 from __future__ import annotations
 
 import logging
+import os
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_contract.config import InputLimits, TrainerConfig
+from finetune_contract.distributed import World
 from finetune_contract.hyperparameters import DataShape, ResolvedHyperparameters, resolve, validation_rows
 from finetune_contract.outcomes import FailureReason, TokenStats, Validated
 from finetune_contract.spec import DatasetFormat
@@ -422,7 +424,11 @@ def run_checks(cfg: TrainerConfig, s3: S3, scratch: Path, full_model: bool) -> t
         "validation": _length_stats(val_examples, hp.max_seq_length),
     }
     resolved = resolve(
-        hp, cfg.method.type, DataShape(rows=len(train_examples), p95_tokens=train_stats.get("p95Tokens", 0))
+        hp,
+        cfg.method.type,
+        DataShape(rows=len(train_examples), p95_tokens=train_stats.get("p95Tokens", 0)),
+        # Every pod of the job gets the world's shape (the validation pod too, so its numbers hold).
+        world_size=World.from_env(os.environ).size,
     )
     report.resolved = resolved
 

@@ -24,6 +24,10 @@ names them in the pods it renders. Children are deleted by the garbage collector
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create]
+# A multi-node attempt's headless Service: its pods' DNS names, for the rendezvous.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -1,0 +1,226 @@
+"""The trainer's distributed runs (torch.distributed, gloo on CPU) through its real launcher and CLI, against
+the real local S3, with the tiny random Llama.
+
+A "pod" here is one launcher process with the environment the operator gives a trainer pod
+(finetune_contract.distributed); two pods are two launchers with their own scratch directories.
+tests/integration/test_operator_distributed.py runs the same through the operator and real Jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_trainer_support import (
+    TrainerRun,
+    chat_rows,
+    finish,
+    get_json,
+    list_keys,
+    lora_config,
+    put_jsonl,
+    start_trainer,
+    tiny_model_dir,  # noqa: F401  (fixture)
+    upload_dir,
+    write_config,
+)
+from tests.integration.test_trainer_tiny import complete_steps
+from tests.support.operator import s3_client
+
+# The loss logged at each step by a distributed run and by one process with the same global batch.
+# Measured: identical to 4 decimals (the gradients are all-reduced sums normalised by the tokens of the
+# whole batch, transformers' average_tokens_across_devices); the bound leaves room for float order.
+LOSS_TOLERANCE = 0.01
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pod_env(*, nodes: int, nproc: int, node_rank: int, port: int) -> dict[str, str]:
+    return {
+        "PET_NNODES": str(nodes),
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_NODE_RANK": str(node_rank),
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(port),
+        "FTO_TERMINATION_GRACE_SECONDS": "60",
+        # Two workers share the test machine's cores, as they share a pod's.
+        "FTO_CPU_LIMIT": "2000",
+    }
+
+
+@pytest.fixture
+def tiny(s3_env: dict[str, str], s3_bucket: str, tiny_model_dir: Path) -> dict[str, Any]:  # noqa: F811
+    client = s3_client(s3_env)
+    model_uri = upload_dir(client, tiny_model_dir, s3_bucket, "models/tiny")
+    train = put_jsonl(client, s3_bucket, "data/train.jsonl", chat_rows(64))
+    val = put_jsonl(client, s3_bucket, "data/val.jsonl", chat_rows(8, offset=100))
+    return {"client": client, "bucket": s3_bucket, "model": model_uri, "train": train, "val": val}
+
+
+def config(tiny: dict[str, Any], out: str, batch_size: int, tmp_path: Path, **kw: Any) -> Path:
+    cfg = lora_config(tiny["bucket"], tiny["model"], tiny["train"], out, validation=tiny["val"], **kw)
+    cfg["hyperparameters"]["batchSize"] = batch_size
+    cfg["hyperparameters"]["gradientAccumulationSteps"] = 1
+    return write_config(tmp_path / f"{out}.json", cfg)
+
+
+def losses(client: Any, bucket: str, out: str) -> dict[int, float]:
+    body = client.get_object(Bucket=bucket, Key=f"{out}/reports/train_log.jsonl")["Body"].read().decode()
+    entries = [json.loads(line) for line in body.splitlines() if line.strip()]
+    return {int(e["step"]): float(e["loss"]) for e in entries if "loss" in e}
+
+
+def run_pods(
+    tiny: dict[str, Any], s3_env: dict[str, str], cfg: Path, tmp_path: Path, *, nodes: int, nproc: int
+) -> list[TrainerRun]:
+    port = free_port()
+    procs = [
+        (
+            start_trainer(
+                "train",
+                cfg,
+                s3_env,
+                tmp_path / f"pod-{rank}",
+                pod_env(nodes=nodes, nproc=nproc, node_rank=rank, port=port),
+            ),
+            tmp_path / f"pod-{rank}",
+        )
+        for rank in range(nodes)
+    ]
+    return [finish(proc, scratch, timeout=400) for proc, scratch in procs]
+
+
+@pytest.fixture
+def single(tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path) -> dict[int, float]:
+    """One process, batch 8: the reference loss curve (16 steps, logged at every step)."""
+    run = finish(
+        start_trainer("train", config(tiny, "single", 8, tmp_path), s3_env, tmp_path / "one"),
+        tmp_path / "one",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.termination["step"] == 16
+    return losses(tiny["client"], tiny["bucket"], "single")
+
+
+def assert_same_curve(got: dict[int, float], want: dict[int, float]) -> None:
+    assert sorted(got) == sorted(want), (got, want)
+    assert len(want) >= 10
+    worst = max(abs(got[s] - want[s]) / want[s] for s in want)
+    print(f"largest relative loss difference: {worst:.6f}")
+    assert worst <= LOSS_TOLERANCE, f"largest relative difference {worst:.4f}: {got} vs {want}"
+
+
+def test_two_processes_in_one_pod_train_like_one_process_with_the_same_global_batch(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, single: dict[int, float]
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    (run,) = run_pods(tiny, s3_env, config(tiny, "gpus2", 4, tmp_path), tmp_path, nodes=1, nproc=2)
+    assert run.returncode == 0, run.stderr[-5000:]
+    summary = run.termination
+    assert summary["result"] == "Succeeded", summary
+    assert summary["step"] == summary["totalSteps"] == 16
+    # The world is in the resolved values: batch 4 per process x 2 processes.
+    assert summary["hyperparameters"]["effectiveBatchSize"] == 8
+    assert_same_curve(losses(client, bucket, "gpus2"), single)
+    # Rank 0 alone uploads and publishes: each checkpoint uploaded once, the adapter published once.
+    for step in (4, 8, 12, 16):
+        assert run.stderr.count(f"checkpoint step {step} uploaded") == 1, run.stderr[-3000:]
+    assert run.stderr.count("done: Succeeded") == 1
+    assert "rank 1 of 2" in run.stderr
+    keys = list_keys(client, bucket, "gpus2/adapter/")
+    assert "gpus2/adapter/adapter_model.safetensors" in keys
+    # Both ranks' RNG states are in the checkpoint (the pod's scratch is shared by its processes).
+    ckpt = list_keys(client, bucket, "gpus2/checkpoints/step-16/")
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {k.rsplit("/", 1)[1] for k in ckpt}, ckpt
+
+
+def test_two_pods_train_like_one_process_and_only_rank_0_reports(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path, single: dict[int, float]
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    runs = run_pods(tiny, s3_env, config(tiny, "nodes2", 4, tmp_path), tmp_path, nodes=2, nproc=1)
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-5000:]
+    assert runs[0].termination["result"] == "Succeeded"
+    assert runs[0].termination["step"] == 16
+    assert runs[1].termination == {}  # the summary is rank 0's pod's alone
+    assert "uploaded" not in runs[1].stderr
+    assert_same_curve(losses(client, bucket, "nodes2"), single)
+    result = get_json(client, bucket, "nodes2/reports/result.json")
+    assert result["step"] == 16
+
+
+def test_an_invalid_input_keeps_exit_42_through_the_launcher(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    rows = [*chat_rows(5), {"messages": [{"role": "user", "content": "no answer"}]}]
+    cfg = lora_config(bucket, tiny["model"], put_jsonl(client, bucket, "data/bad.jsonl", rows), "bad")
+    path = write_config(tmp_path / "bad.json", cfg)
+    (run,) = run_pods(tiny, s3_env, path, tmp_path, nodes=1, nproc=2)
+    assert run.returncode == 42, run.stderr[-3000:]
+    assert run.termination["reason"] == "InvalidDataset"
+    assert run.termination["line"] == 6
+
+
+def test_sigterm_stops_every_rank_at_one_checkpoint_and_the_run_resumes_to_the_same_step(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    client, bucket = tiny["client"], tiny["bucket"]
+    path = config(tiny, "preempt", 4, tmp_path, epochs=3)
+    port = free_port()
+    env = pod_env(nodes=1, nproc=2, node_rank=0, port=port)
+    first = start_trainer("train", path, s3_env, tmp_path / "first", env)
+    deadline = time.monotonic() + 300
+    while not complete_steps(client, bucket, "preempt"):
+        assert first.poll() is None, "the trainer exited before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    stopped = finish(first, tmp_path / "first", timeout=120)
+    assert stopped.returncode == 76, stopped.stderr[-5000:]
+    assert stopped.termination["result"] == "Preempted"
+    saved = complete_steps(client, bucket, "preempt")
+    assert stopped.termination["checkpoints"][-1]["step"] == saved[-1] < 24
+
+    env["PET_MASTER_PORT"] = str(free_port())
+    resumed = finish(start_trainer("train", path, s3_env, tmp_path / "second", env), tmp_path / "second", 400)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert resumed.termination["resumedFromStep"] == saved[-1]
+    assert resumed.termination["step"] == resumed.termination["totalSteps"] == 24
+
+
+def test_a_worker_killed_by_a_signal_fails_the_pod_with_its_code(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """One worker dying (the OOM killer, a crash) fails the attempt: the launcher stops the others and
+    reports 128 + the signal, which the Job counts as a failure (retried from the last checkpoint)."""
+    client, bucket = tiny["client"], tiny["bucket"]
+    path = config(tiny, "killed", 4, tmp_path, epochs=3)
+    env = pod_env(nodes=1, nproc=2, node_rank=0, port=free_port())
+    proc = start_trainer("train", path, s3_env, tmp_path / "pod", env)
+    deadline = time.monotonic() + 300
+    while not complete_steps(client, bucket, "killed"):
+        assert proc.poll() is None, "the trainer exited before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    workers = subprocess.run(
+        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert len(workers) == 2, workers
+    subprocess.run(["kill", "-KILL", workers[-1]], check=True)
+    run = finish(proc, tmp_path / "pod", timeout=120)
+    assert run.returncode == 128 + signal.SIGKILL, run.stderr[-5000:]
+    assert run.termination["result"] == "Failed"
+    assert "exited 137" in run.termination["message"]
