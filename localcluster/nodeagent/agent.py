@@ -19,6 +19,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from localcluster.nodeagent import kube, kubeletapi
+from localcluster.nodeagent.dns import ClusterHosts
 from localcluster.nodeagent.events import EventRecorder
 from localcluster.nodeagent.ipam import IPAM, POD_CIDR
 from localcluster.nodeagent.node import NodeConfig, NodeManager, capacity
@@ -79,6 +80,7 @@ class Agent:
             venv_bin=os.path.join(sys.prefix, "bin"),
             ipam=IPAM(cfg.state_dir / "ipam.json", cfg.pod_cidr),
             events=self.events,
+            hosts=ClusterHosts(cfg.state_dir / "hosts"),
         )
         self.server: kubeletapi.KubeletServer | None = None
 

@@ -50,6 +50,8 @@ class PodContext:
     api_host: str
     api_port: int
     node_allocatable: Mapping[str, str] = field(default_factory=dict)
+    # The node agent's cluster hosts file (dns.py), the /etc/hosts of image-based containers.
+    hosts_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class LaunchPlan:
     rootfs: str | None = None
     # None: as the agent (root), for shell images without runAsUser.
     identity: Identity | None = None
+    # The container's /etc/hosts (None: the node's).
+    hosts_file: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,4 +629,5 @@ def build_launch_plan(  # noqa: PLR0917 - each argument is a distinct input of t
         read_only_root=bool(sc.get("readOnlyRootFilesystem", False)),
         rootfs=image.rootfs,
         identity=process_identity(ctx.pod, container, image),
+        hosts_file=ctx.hosts_file,
     )

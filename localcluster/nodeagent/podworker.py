@@ -22,6 +22,7 @@ from kubernetes import client
 
 from localcluster.nodeagent import kube, prober, probes, status
 from localcluster.nodeagent.containers import ContainerManager, Runner, image_id
+from localcluster.nodeagent.dns import ClusterHosts
 from localcluster.nodeagent.events import EventRecorder
 from localcluster.nodeagent.ipam import IPAM
 from localcluster.nodeagent.podspec import ConfigError, PodContext
@@ -51,6 +52,7 @@ class NodeFacts:
     venv_bin: str
     ipam: IPAM
     events: EventRecorder
+    hosts: ClusterHosts
 
 
 class PodWorker:
@@ -154,6 +156,7 @@ class PodWorker:
         ip = self.facts.ipam.get(self.uid)
         if ip and self.sandbox.is_dir():
             self.pod_ip = ip
+            self.facts.hosts.set(self.uid, self.pod, ip)
         for r in self.runners:
             directory = self.containers.instance_dir(r)
             numbers = instances(directory)
@@ -223,6 +226,7 @@ class PodWorker:
             api_host=self.facts.api_host,
             api_port=self.facts.api_port,
             node_allocatable=self.facts.allocatable,
+            hosts_file=str(self.facts.hosts.path),
         )
 
     def _prepare_sandbox(self, pod: JSON) -> None:
@@ -233,6 +237,7 @@ class PodWorker:
                     self.pod_ip = self.facts.host_ip
                 else:
                     self.pod_ip = self.facts.ipam.allocate(self.uid)
+            self.facts.hosts.set(self.uid, pod, self.pod_ip)
             if self.start_time is None:
                 self.start_time = status.now()
             self.sandbox.mkdir(parents=True, exist_ok=True)
@@ -356,6 +361,7 @@ class PodWorker:
                 r.instance.kill_shim()
         shutil.rmtree(self.sandbox, ignore_errors=True)
         self.facts.ipam.release(self.uid)
+        self.facts.hosts.remove(self.uid)
         log.info("pod cleaned up", extra=self._ctx())
 
     def log_instance(self, container: str, previous: bool) -> Instance | None:

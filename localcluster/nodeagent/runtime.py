@@ -105,6 +105,7 @@ class Instance:
             "log": str(self.log_path),
             "staging": str(self.dir / "root"),
             "rootfs": plan.rootfs,
+            "hostsFile": plan.hosts_file,
             # The overlay's writable layer: this instance's, so the image in the store never changes.
             "layers": str(self.dir / "layers"),
             "identity": (

@@ -121,7 +121,7 @@ class RootBuilder:
         self.mounts.append(("/", True))
         self.ro_candidates.insert(0, "/")
 
-    def enter_image(self, rootfs: str, layers: str) -> None:
+    def enter_image(self, rootfs: str, layers: str, hosts_file: str | None = None) -> None:
         """The image's root filesystem, writable through an overlay whose upper layer is `layers`."""
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -136,8 +136,11 @@ class RootBuilder:
             os.makedirs(target, exist_ok=True)
             mount(host_dir, target, None, MS_BIND | MS_REC)
             self.mounts.append((host_dir, False))
-        for host_file in ("/etc/hosts", "/etc/resolv.conf"):
-            if not os.path.exists(host_file):
+        for host_file, source in (
+            ("/etc/hosts", hosts_file or "/etc/hosts"),
+            ("/etc/resolv.conf", "/etc/resolv.conf"),
+        ):
+            if not os.path.exists(source):
                 continue
             target = newroot + host_file
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -145,7 +148,7 @@ class RootBuilder:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(target)
                 os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
-            mount(host_file, target, None, MS_BIND)
+            mount(source, target, None, MS_BIND)
             mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
     def switch_root(self) -> None:
@@ -251,7 +254,7 @@ def setup(spec: dict[str, Any]) -> None:
     rootfs = spec.get("rootfs")
     mounts = sorted(spec["mounts"], key=lambda m: len(Path(m["target"]).parts))
     if rootfs:
-        builder.enter_image(rootfs, spec["layers"])
+        builder.enter_image(rootfs, spec["layers"], spec.get("hostsFile"))
         # Opened in the new mount namespace (a bind needs a source mount of the caller's namespace),
         # before the switch: the sources live on the host, outside the image's root.
         fds = [_open_source(m) for m in mounts]

@@ -52,6 +52,8 @@ from .failures import (
     termination_summary,
 )
 from .manifests import JobRef
+from .pods import completion_index, world_status
+from .pods import summary as world_summary
 from .progress import Sample, checkpoint_status, next_metrics, next_progress
 from .settings import OperatorSettings
 
@@ -134,13 +136,6 @@ def _parse_time(value: object) -> datetime | None:
     return None
 
 
-def _completion_index(pod: JSON) -> int:
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(
-        "batch.kubernetes.io/job-completion-index"
-    )
-    return int(str(raw)) if str(raw).isdigit() else 0
-
-
 def scrape_target(observed_pods: Sequence[JSON], trainer_jobs: Sequence[JSON]) -> str | None:
     """The pod IP of the current attempt's running trainer (index 0 for multi-node), if any."""
     current = max((attempt_of(j) for j in trainer_jobs), default=0)
@@ -152,7 +147,7 @@ def scrape_target(observed_pods: Sequence[JSON], trainer_jobs: Sequence[JSON]) -
         and not (p.get("metadata") or {}).get("deletionTimestamp")
         and (p.get("status") or {}).get("podIP")
     ]
-    running.sort(key=_completion_index)
+    running.sort(key=completion_index)
     return str(running[0]["status"]["podIP"]) if running else None
 
 
@@ -520,6 +515,7 @@ def _train(
         return
     current = jobs[attempt]
     pods = [p for p in obs.trainer_pods if attempt_of(p) == attempt]
+    b.st.world = world_status(spec, pods, job.ref.namespace)
     reported = _reported_checkpoints(pods)
     if reported:
         # A preempted or finished trainer's last word on what is in S3 (a running one's comes by scrape).
@@ -637,7 +633,7 @@ def _budget(b: _Builder, spec: FineTuneJobSpec) -> None:
 
 def _succeed(b: _Builder, spec: FineTuneJobSpec, pods: Sequence[JSON]) -> None:
     # Rank 0 (index 0 of a multi-node Job) publishes and reports the run's summary.
-    done = sorted((p for p in pods if _phase(p) == "Succeeded"), key=_completion_index)
+    done = sorted((p for p in pods if _phase(p) == "Succeeded"), key=completion_index)
     found = termination_summary(done[0]) if done else None
     summary = found if isinstance(found, Succeeded) else None
     adapter = summary.adapter_uri if summary is not None else None
@@ -769,8 +765,13 @@ def _active(
     running = [
         p for p in live if _phase(p) == "Running" and not (p.get("metadata") or {}).get("deletionTimestamp")
     ]
-    if running:
-        _running(b, obs, settings, running[0], job_name=job_name, output_prefix=spec.output.prefix)
+    claim = manifests.base_model_claim(spec)
+    blockers = [f for f in (pod_blocker(p, claim, namespace) for p in live) if f is not None]
+    blocker = blockers[0] if blockers else None
+    # A multi-node attempt trains only when every pod runs: the ones running wait at the rendezvous
+    # for a pod that cannot start, and that pod is what the user must hear about.
+    if running and (blocker is None or len(running) >= spec.resources.nodes):
+        _running(b, obs, settings, running, job_name=job_name, output_prefix=spec.output.prefix)
         return
     finished = [p for p in pods if _phase(p) == "Succeeded"]
     if finished and not live:
@@ -778,9 +779,6 @@ def _active(
         # Running, not a return to Queued, so the Running condition stays as it is.
         b.message(Reason.TRAINER_RUNNING, f"the trainer finished; waiting for Job {job_name} to complete")
         return
-    claim = manifests.base_model_claim(spec)
-    blockers = [f for f in (pod_blocker(p, claim, namespace) for p in live) if f is not None]
-    blocker = blockers[0] if blockers else None
     if blocker is not None and blocker.claim:
         text = f"the trainer pod cannot start: {blocker.message}"
         b.set(ConditionType.RUNNING, FALSE, Reason.UNSCHEDULABLE, text)
@@ -812,10 +810,19 @@ def _active(
 
 
 def _running(
-    b: _Builder, obs: Observed, settings: OperatorSettings, pod: JSON, *, job_name: str, output_prefix: str
+    b: _Builder,
+    obs: Observed,
+    settings: OperatorSettings,
+    running: Sequence[JSON],
+    *,
+    job_name: str,
+    output_prefix: str,
 ) -> None:
+    pod = min(running, key=completion_index)
     node = (pod.get("spec") or {}).get("nodeName", "")
     text = f"trainer pod {_name(pod)} of Job {job_name} is running on {node}"
+    if b.st.world is not None and (b.st.world.size or 1) > 1:
+        text = f"{text}; {world_summary(b.st.world)}"
     b.set(ConditionType.RUNNING, TRUE, Reason.TRAINER_RUNNING, text)
     if obs.sample is not None:
         b.st.progress = next_progress(b.st.progress, obs.sample, b.now)

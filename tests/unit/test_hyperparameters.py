@@ -108,3 +108,26 @@ def test_gradual_unfreezing_gets_at_least_two_epochs() -> None:
 )
 def test_validation_split_has_a_floor_in_rows(rows: int, fraction: float | None, held_out: int) -> None:
     assert validation_rows(rows, fraction) == held_out
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_more_processes_keep_the_automatic_effective_batch_and_the_step_count(world: int) -> None:
+    data = DataShape(rows=900, p95_tokens=SHORT)
+    one = resolve(AUTO, MethodType.LORA, data)
+    many = resolve(AUTO, MethodType.LORA, data, world_size=world)
+    # The batch is split between the processes, so the run learns the same way, only faster.
+    assert many.effective_batch_size == one.effective_batch_size
+    assert many.batch_size * many.gradient_accumulation_steps * world == one.effective_batch_size
+    assert (many.epochs, many.total_steps) == (one.epochs, one.total_steps)
+
+
+def test_a_batch_size_the_user_sets_is_per_process() -> None:
+    data = DataShape(rows=1000, p95_tokens=SHORT)
+    hp = Hyperparameters(batch_size=4, epochs=1)
+    one = resolve(hp, MethodType.LORA, data)
+    four = resolve(hp, MethodType.LORA, data, world_size=4)
+    assert four.batch_size == one.batch_size == 4
+    assert four.effective_batch_size == 4 * one.effective_batch_size
+    # Each optimizer step takes four times the rows, so a pass takes a quarter of the steps.
+    assert four.total_steps == -(-1000 // 16)
+    assert one.total_steps == 1000 // 4

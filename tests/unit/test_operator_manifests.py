@@ -178,6 +178,51 @@ def test_multi_node_is_an_indexed_job() -> None:
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     assert "activeDeadlineSeconds" not in job["spec"]
+    pod = job["spec"]["template"]["spec"]
+    # The Job controller names each pod's host <job>-<index>; the attempt's Service is the subdomain.
+    assert pod["subdomain"] == job["metadata"]["name"]
+    env = {e["name"]: e for e in container(pod)["env"]}
+    assert env["PET_NNODES"]["value"] == "2"
+    assert env["PET_NPROC_PER_NODE"]["value"] == "1"
+    assert env["PET_MASTER_ADDR"]["value"] == f"{job['metadata']['name']}-0.{job['metadata']['name']}"
+    assert env["PET_NODE_RANK"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    port = int(env["PET_MASTER_PORT"]["value"])
+    service = manifests.trainer_service(REF, spec(resources={"gpus": 1, "nodes": 2}), attempt=1)
+    assert service["metadata"]["name"] == job["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["ports"][0]["port"] == port
+    # The Service selects this attempt's pods only, and goes with the FineTuneJob.
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["finetune.dev/attempt"] == "1"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == REF.uid
+
+
+def test_several_gpus_in_one_pod_meet_on_loopback_and_single_process_jobs_get_no_rendezvous() -> None:
+    env = pod_env("trainer", spec(resources={"gpus": 2}), SETTINGS)
+    assert env["PET_NPROC_PER_NODE"]["value"] == "2"
+    assert env["PET_NNODES"]["value"] == "1"
+    assert env["PET_MASTER_ADDR"]["value"] == "127.0.0.1"
+    assert env["PET_NODE_RANK"]["value"] == "0"
+    job = manifests.trainer_job(
+        REF, spec(resources={"gpus": 2}), SETTINGS, attempt=1, retries_used=0, active_deadline_seconds=None
+    )
+    assert "subdomain" not in job["spec"]["template"]["spec"]
+    single = pod_env("trainer", spec(), SETTINGS)
+    assert "PET_MASTER_ADDR" not in single
+    assert single["PET_NNODES"]["value"] == single["PET_NPROC_PER_NODE"]["value"] == "1"
+
+
+def test_validation_pod_knows_the_world_it_resolves_the_batch_for() -> None:
+    env = pod_env("validation", spec(resources={"gpus": 4, "nodes": 2}), SETTINGS)
+    assert env["PET_NNODES"]["value"] == "2"
+    assert env["PET_NPROC_PER_NODE"]["value"] == "4"
+    # It never joins a rendezvous.
+    assert "PET_MASTER_ADDR" not in env
+    assert env["FTO_TERMINATION_GRACE_SECONDS"]["value"] == str(SETTINGS.termination_grace_seconds)
 
 
 def test_config_map_renders_a_valid_trainer_config() -> None:

@@ -190,6 +190,36 @@ class Estimate(ReadModel):
     """Estimated cost, a decimal string in the unit of budget.maxCost."""
 
 
+class TrainerPod(ReadModel):
+    """One pod of the current attempt."""
+
+    name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The pod's name (kubectl describe pod <name> shows its events)."""
+    index: Int32 | None = None
+    """Its node rank: the Indexed Job's completion index (0 for a single-pod attempt)."""
+    phase: Short | None = None
+    """The pod's phase: Pending, Running, Succeeded or Failed."""
+    reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """Why it is not running, where known: Unschedulable, ImagePullBackOff, OOMKilled, ..."""
+    node: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The node it was scheduled to."""
+
+
+class World(ReadModel):
+    """The shape of the current attempt: pods (nodes) x processes per pod, one process per GPU."""
+
+    nodes: Int32 | None = None
+    """Pods per attempt (resources.nodes)."""
+    processes_per_node: Int32 | None = None
+    """Training processes per pod: one per GPU (resources.gpus), one on a CPU-only pod."""
+    size: Int32 | None = None
+    """Training processes in all (ranks); batchSize is per process."""
+    pods: Annotated[list[TrainerPod], Field(max_length=64), Crd(x__kubernetes__list__type="atomic")] = Field(
+        default_factory=list
+    )
+    """Each pod of the current attempt, by index."""
+
+
 class Failure(ReadModel):
     """The most recent failed attempt, kept when it is retried, so the cause is not lost."""
 
@@ -241,6 +271,8 @@ class FineTuneJobStatus(ReadModel):
     reports them from what it wrote to and found in S3."""
     resolved: Resolved | None = None
     outputs: Outputs | None = None
+    world: World | None = None
+    """The current attempt's ranks and pods; kubectl describe shows why a pod cannot start."""
     usage: Usage | None = None
     estimate: Estimate | None = None
     last_failure: Failure | None = None
