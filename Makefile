@@ -135,6 +135,7 @@ bench-operator: cluster-up
 .PHONY: bench-trainer
 bench-trainer: venv
 	$(PY) bench/trainer_bench.py --write-docs
+	$(PY) bench/distributed_bench.py --write-docs
 .PHONY: bench-profile
 bench-profile: venv
 	$(PY) bench/step_profile.py --write-docs

@@ -629,3 +629,50 @@ def test_budget_estimate_warns_and_usage_stops_the_trainer() -> None:
     assert cond(big, ConditionType.BUDGET_EXCEEDED) == ("True", "MaxCostExceeded")
     assert ("Warning", "MaxCostExceeded") in [(e.type, e.reason) for e in big.events]
     assert not big.done  # an estimate only warns
+
+
+def indexed(p: dict[str, Any], index: int) -> dict[str, Any]:
+    p["metadata"]["name"] = f"bot-train-a1-{index}-xyz"
+    p["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
+    return p
+
+
+def test_a_multi_node_attempt_runs_only_when_every_pod_can_and_status_shows_each_pod() -> None:
+    spec = make_spec(resources={"gpus": 2, "nodes": 2})
+    status = run(spec=spec, vpods=[vpod("Succeeded", state=terminated(0, VALIDATED))]).status
+    msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    unsched = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
+    rank0 = indexed(tpod(1, "Running", state={"running": {"startedAt": ts(-36)}}), 0)
+    rank1 = indexed(tpod(1, "Pending", conditions=unsched), 1)
+    # Rank 0 runs but waits at the rendezvous for rank 1, which cannot be scheduled: that is the news.
+    d = run(status, spec, jobs=[tjob(1)], tpods=[rank1, rank0])
+    assert cond(d, ConditionType.RUNNING) == ("False", "Unschedulable")
+    assert msg in (d.status.message or "")
+    world = d.status.world
+    assert world is not None
+    assert (world.nodes, world.processes_per_node, world.size) == (2, 2, 4)
+    assert [(p.index, p.phase, p.reason) for p in world.pods] == [
+        (0, "Running", None),
+        (1, "Pending", "Unschedulable"),
+    ]
+    # Both running: Running, and the message says the world.
+    rank1 = indexed(tpod(1, "Running", state={"running": {"startedAt": ts(-30)}}), 1)
+    d = run(d.status, spec, jobs=[tjob(1)], tpods=[rank1, rank0])
+    assert cond(d, ConditionType.RUNNING) == ("True", "TrainerRunning")
+    assert "bot-train-a1-0-xyz" in (d.status.message or "")
+    assert "2 of 2 pods running, world size 4 (2 x 2)" in (d.status.message or "")
+
+
+def test_a_replaced_pod_is_shown_by_its_newest_instance() -> None:
+    spec = make_spec(resources={"gpus": 1, "nodes": 2})
+    status = run(spec=spec, vpods=[vpod("Succeeded", state=terminated(0, VALIDATED))]).status
+    old = indexed(tpod(1, "Failed", state=terminated(76), created=-200), 1)
+    old["metadata"]["name"] = "bot-train-a1-1-old"
+    new = indexed(tpod(1, "Pending", created=-5), 1)
+    rank0 = indexed(tpod(1, "Running", state={"running": {"startedAt": ts(-36)}}), 0)
+    d = run(status, spec, jobs=[tjob(1)], tpods=[new, old, rank0])
+    assert d.status.world is not None
+    assert [(p.name, p.phase) for p in d.status.world.pods] == [
+        ("bot-train-a1-0-xyz", "Running"),
+        ("bot-train-a1-1-xyz", "Pending"),
+    ]
