@@ -365,11 +365,60 @@ def _start_error(dir_fd: int, log: LogWriter, message: str) -> int:
     return START_ERROR_EXIT
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _children() -> list[int]:
+    """This process's children (with the shim a subreaper: every process the container left behind)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: fields after it are positional.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def _kill_leftovers(main_pid: int) -> None:
+    """A container ends with its main process, whatever it left behind: processes in their own process
+    groups or sessions (tini puts its child in one, torch elastic its workers) included. A runtime
+    does this with the container's cgroup or PID namespace; here the shim is their subreaper, so they
+    are its children, killed and reaped until none is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(main_pid, signal.SIGKILL)
+    for _ in range(100):
+        left = _children()
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _reap_others(main_pid: int) -> None:
+    for child in _children():
+        if child == main_pid:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, os.WNOHANG)
+
+
 def run(spec_path: str) -> int:
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    # Orphans of the container become the shim's children (see _kill_leftovers).
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     log = LogWriter(spec["log"])
     dir_fd = os.open(os.path.dirname(os.path.abspath(spec_path)), os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -405,6 +454,7 @@ def run(spec_path: str) -> int:
     streams = {out_r: "stdout", err_r: "stderr"}
     status: int | None = None
     drain_deadline = 0.0
+    next_reap = 0.0
     while streams:
         ready, _, _ = select.select(list(streams), [], [], 0.5)
         for fd in ready:
@@ -418,10 +468,12 @@ def run(spec_path: str) -> int:
             done, st = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = st
-                # A container ends with its main process: whatever it left behind goes too.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+                _kill_leftovers(pid)
                 drain_deadline = time.monotonic() + 2.0
+        # Orphans that exited on their own while the container runs: reaped, not left as zombies.
+        if time.monotonic() >= next_reap:
+            _reap_others(pid)
+            next_reap = time.monotonic() + 1.0
         elif time.monotonic() > drain_deadline:
             break
     if status is None:

@@ -106,16 +106,23 @@ def exit_code(pod: dict[str, Any]) -> int | None:
 
 def launcher_pid(namespace: str, job: str, node_rank: int) -> int | None:
     """The host process of one trainer pod's launcher (the node agent runs containers as host processes):
-    the one with this job's env and node rank and no LOCAL_RANK (its workers have one)."""
+    python running finetune_trainer with this job's env and node rank, and no LOCAL_RANK (its workers
+    have one; tini, the image's entrypoint, is its parent)."""
     want = {f"FINETUNE_JOB={namespace}/{job}".encode(), f"PET_NODE_RANK={node_rank}".encode()}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             environ = set(Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"))
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if want <= environ and not any(e.startswith(b"LOCAL_RANK=") for e in environ):
+        if (
+            want <= environ
+            and not any(e.startswith(b"LOCAL_RANK=") for e in environ)
+            and b"python" in os.path.basename(argv[0])
+            and b"finetune_trainer" in argv
+        ):
             return int(entry)
     return None
 

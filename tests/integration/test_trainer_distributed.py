@@ -68,9 +68,12 @@ def tiny(s3_env: dict[str, str], s3_bucket: str, tiny_model_dir: Path) -> dict[s
     return {"client": client, "bucket": s3_bucket, "model": model_uri, "train": train, "val": val}
 
 
-def config(tiny: dict[str, Any], out: str, batch_size: int, tmp_path: Path, **kw: Any) -> Path:
+def config(tiny: dict[str, Any], out: str, batch_size: int | None, tmp_path: Path, **kw: Any) -> Path:
+    """batch_size None: the automatic batch, which the trainer resolves for its world size."""
     cfg = lora_config(tiny["bucket"], tiny["model"], tiny["train"], out, validation=tiny["val"], **kw)
     cfg["hyperparameters"]["batchSize"] = batch_size
+    if batch_size is None:
+        del cfg["hyperparameters"]["batchSize"]
     cfg["hyperparameters"]["gradientAccumulationSteps"] = 1
     return write_config(tmp_path / f"{out}.json", cfg)
 
@@ -174,14 +177,16 @@ def test_an_invalid_input_keeps_exit_42_through_the_launcher(
     assert run.termination["line"] == 6
 
 
-def test_sigterm_stops_every_rank_at_one_checkpoint_and_the_run_resumes_to_the_same_step(
+def test_sigterm_stops_every_rank_at_one_checkpoint_and_a_smaller_world_resumes_to_the_same_step(
     tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """Preempted on 2 ranks, resumed on 1: the automatic batch is the same effective batch on any world
+    (2 x 2, then 4 x 1), so the checkpoint's step and the run's step count mean the same on both."""
     client, bucket = tiny["client"], tiny["bucket"]
-    path = config(tiny, "preempt", 4, tmp_path, epochs=3)
-    port = free_port()
-    env = pod_env(nodes=1, nproc=2, node_rank=0, port=port)
-    first = start_trainer("train", path, s3_env, tmp_path / "first", env)
+    path = config(tiny, "preempt", None, tmp_path, epochs=3)
+    first = start_trainer(
+        "train", path, s3_env, tmp_path / "first", pod_env(nodes=1, nproc=2, node_rank=0, port=free_port())
+    )
     deadline = time.monotonic() + 300
     while not complete_steps(client, bucket, "preempt"):
         assert first.poll() is None, "the trainer exited before its first checkpoint"
@@ -192,13 +197,16 @@ def test_sigterm_stops_every_rank_at_one_checkpoint_and_the_run_resumes_to_the_s
     assert stopped.returncode == 76, stopped.stderr[-5000:]
     assert stopped.termination["result"] == "Preempted"
     saved = complete_steps(client, bucket, "preempt")
-    assert stopped.termination["checkpoints"][-1]["step"] == saved[-1] < 24
+    # 64 rows, an automatic batch of 4, 3 epochs: 48 steps; every rank stopped at the saved one.
+    assert stopped.termination["checkpoints"][-1]["step"] == saved[-1] < 48
 
-    env["PET_MASTER_PORT"] = str(free_port())
-    resumed = finish(start_trainer("train", path, s3_env, tmp_path / "second", env), tmp_path / "second", 400)
+    one = pod_env(nodes=1, nproc=1, node_rank=0, port=free_port())
+    resumed = finish(start_trainer("train", path, s3_env, tmp_path / "second", one), tmp_path / "second", 400)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert resumed.termination["resumedFromStep"] == saved[-1]
-    assert resumed.termination["step"] == resumed.termination["totalSteps"] == 24
+    assert resumed.termination["step"] == resumed.termination["totalSteps"] == 48
+    resolved = resumed.termination["hyperparameters"]
+    assert (resolved["batchSize"], resolved["effectiveBatchSize"]) == (4, 4)
 
 
 def test_a_worker_killed_by_a_signal_fails_the_pod_with_its_code(

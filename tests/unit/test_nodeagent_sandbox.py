@@ -100,6 +100,28 @@ def test_sigterm_to_the_container_group_is_recorded_as_143(tmp_path: Path) -> No
     assert result.signal == signal.SIGTERM
 
 
+def test_processes_the_container_left_in_other_sessions_end_with_it(tmp_path: Path) -> None:
+    """As tini puts its child in a process group of its own and torch elastic its workers in sessions of
+    their own: a runtime kills them with the container (its cgroup); the shim, their subreaper, does."""
+    script = "setsid sleep 300 & echo $! > /scratch/orphan; sleep 300"
+    p, inst = plan(tmp_path, script)
+    inst.launch(p, sys.executable)
+    inst.wait_started(10)
+    pid_file = tmp_path / "scratch" / "orphan"
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    orphan = int(pid_file.read_text())
+    assert os.getpgid(orphan) != os.getpgid(inst.container_pid() or 0)
+    inst.signal(signal.SIGKILL)
+    assert inst.popen is not None
+    inst.popen.wait(10)
+    assert inst.result("File").exit_code == 137
+    # Gone, not a zombie: the shim reaped it.
+    assert not Path(f"/proc/{orphan}").exists()
+
+
 def test_missing_executable_is_a_start_error(tmp_path: Path) -> None:
     p, inst = plan(tmp_path, "true")
     p = LaunchPlan(**{**p.__dict__, "argv": ["no-such-binary-xyz"]})
