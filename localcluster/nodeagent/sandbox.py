@@ -470,10 +470,10 @@ def run(spec_path: str) -> int:
                 status = st
                 _kill_leftovers(pid)
                 drain_deadline = time.monotonic() + 2.0
-        # Orphans that exited on their own while the container runs: reaped, not left as zombies.
-        if time.monotonic() >= next_reap:
-            _reap_others(pid)
-            next_reap = time.monotonic() + 1.0
+            elif time.monotonic() >= next_reap:
+                # Orphans that exited on their own while the container runs: reaped, not zombies.
+                _reap_others(pid)
+                next_reap = time.monotonic() + 1.0
         elif time.monotonic() > drain_deadline:
             break
     if status is None:
