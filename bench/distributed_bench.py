@@ -246,7 +246,8 @@ def main() -> int:
         note = (
             "On CPU the ranks share the machine's cores, so this is the cost of data parallelism "
             "(the gradient all-reduce over gloo, smaller pieces of each batch), not a speed-up; "
-            "multi-GPU scaling needs a machine with a GPU per rank."
+            "multi-GPU scaling needs a machine with a GPU per rank. Absolute rates move with the shared "
+            "machine's load from run to run; the ratio is measured within one run."
         )
         write_section("distributed-bench", "Data-parallel scaling", f"    {command}\n\n{section}\n\n{note}")
     return 0
