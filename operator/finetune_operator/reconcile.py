@@ -766,8 +766,13 @@ def _active(
         p for p in live if _phase(p) == "Running" and not (p.get("metadata") or {}).get("deletionTimestamp")
     ]
     claim = manifests.base_model_claim(spec)
-    blockers = [f for f in (pod_blocker(p, claim, namespace) for p in live) if f is not None]
-    blocker = blockers[0] if blockers else None
+    blocked = [(p, f) for p in sorted(live, key=completion_index) if (f := pod_blocker(p, claim, namespace))]
+    blocker = blocked[0][1] if blocked else None
+    # Which pod, when an attempt has several: the one that holds all of them back.
+    who = "the trainer pod"
+    if blocked and spec.resources.nodes > 1:
+        pod = blocked[0][0]
+        who = f"trainer pod {_name(pod)} (node rank {completion_index(pod)} of {spec.resources.nodes})"
     # A multi-node attempt trains only when every pod runs: the ones running wait at the rendezvous
     # for a pod that cannot start, and that pod is what the user must hear about.
     if running and (blocker is None or len(running) >= spec.resources.nodes):
@@ -780,18 +785,20 @@ def _active(
         b.message(Reason.TRAINER_RUNNING, f"the trainer finished; waiting for Job {job_name} to complete")
         return
     if blocker is not None and blocker.claim:
-        text = f"the trainer pod cannot start: {blocker.message}"
+        text = f"{who} cannot start: {blocker.message}"
         b.set(ConditionType.RUNNING, FALSE, Reason.UNSCHEDULABLE, text)
         b.set(ConditionType.STALLED, TRUE, Reason.UNSCHEDULABLE, text)
         b.message(Reason.UNSCHEDULABLE, text)
         return
     if blocker is not None and blocker.reason == Reason.UNSCHEDULABLE:
         text = f"waiting for GPUs: {blocker.message}"
+        if spec.resources.nodes > 1:
+            text = f"waiting for GPUs for {who}; the attempt starts when all its pods can: {blocker.message}"
         b.set(ConditionType.RUNNING, FALSE, Reason.UNSCHEDULABLE, text)
         b.message(Reason.UNSCHEDULABLE, text)
         return
     if blocker is not None:
-        text = f"the trainer pod cannot start: {blocker.message}"
+        text = f"{who} cannot start: {blocker.message}"
         b.set(ConditionType.RUNNING, FALSE, blocker.reason, text)
         b.set(ConditionType.STALLED, TRUE, blocker.reason, text)
         b.message(blocker.reason, text)

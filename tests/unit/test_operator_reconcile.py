@@ -648,6 +648,7 @@ def test_a_multi_node_attempt_runs_only_when_every_pod_can_and_status_shows_each
     d = run(status, spec, jobs=[tjob(1)], tpods=[rank1, rank0])
     assert cond(d, ConditionType.RUNNING) == ("False", "Unschedulable")
     assert msg in (d.status.message or "")
+    assert "trainer pod bot-train-a1-1-xyz (node rank 1 of 2)" in (d.status.message or "")
     world = d.status.world
     assert world is not None
     assert (world.nodes, world.processes_per_node, world.size) == (2, 2, 4)
