@@ -278,3 +278,29 @@ def test_a_workers_exit_42_fails_the_job_without_a_retry(
     # podFailurePolicy FailJob: one attempt, no retry spent on a spec that cannot work.
     assert st["attempts"] == 1
     assert len([j for j in ops.children(ns, "jobs", "changed")]) == 1
+
+
+def test_an_attempt_that_cannot_place_every_pod_says_which_one_and_why(
+    env: dict[str, Any], s3_env: dict[str, str], operator: ops.Operator
+) -> None:
+    """Three 1-GPU pods on a node with two GPUs: two run and wait at the rendezvous, the third cannot be
+    scheduled; status names that pod, its node rank and the scheduler's reason."""
+    ns = env["namespace"]
+    ops.apply(manifest(env, "toobig", gpus=1, nodes=3, batch_size=2, epochs=1))
+
+    def blocked() -> dict[str, Any] | None:
+        st = ops.ftj("toobig", ns).get("status", {})
+        pods = (st.get("world") or {}).get("pods") or []
+        return st if any(p.get("reason") == "Unschedulable" for p in pods) else None
+
+    st = wait_for(blocked, 300, "a pod of the 3-node attempt reported unschedulable", interval=0.5)
+    world = st["world"]
+    assert (world["nodes"], world["size"]) == (3, 3)
+    [stuck] = [p for p in world["pods"] if p.get("reason") == "Unschedulable"]
+    assert st["phase"] == "Queued", st
+    running = ops.condition(ops.ftj("toobig", ns), "Running")
+    assert running is not None
+    assert running["reason"] == "Unschedulable"
+    assert f"trainer pod {stuck['name']} (node rank {stuck['index']} of 3)" in st["message"], st["message"]
+    assert "nvidia.com/gpu" in st["message"], st["message"]
+    kubectl("delete", "ftj", "toobig", "-n", ns, "--wait=true", "--timeout=120s")
