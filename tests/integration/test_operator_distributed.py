@@ -200,7 +200,7 @@ def test_preempted_rank_checkpoints_every_rank_and_a_killed_pod_fails_only_that_
                 raise AssertionError(f"finished before it was interrupted: {json.dumps(st)}")
             complete = [c["step"] for c in st.get("checkpoints", []) if c.get("complete")]
             step = (st.get("progress") or {}).get("step") or 0
-            return st if complete and max(complete) > after and step < 80 else None
+            return st if complete and max(complete) > after and step < 88 else None
 
         return check
 
