@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from trainer_bench import MODEL_TITLES, best_of
 
 
 def free_port() -> int:
@@ -36,12 +36,12 @@ def worker(opts: argparse.Namespace) -> int:
     """One rank: the packed LoRA loop of trainer_bench on this rank's share of each global batch."""
     import torch
     import torch.distributed as dist
-    from finetune_trainer import data, threads
+    from finetune_trainer import threads
     from finetune_trainer.loss import KeepLabelledLogits, labelled_token_loss
     from finetune_trainer.packing import PackingCollator, TokenCounter
     from finetune_trainer.tiny_model import smollm2_tokenizer
-    from peft import LoraConfig, get_peft_model
-    from trainer_bench import bench_rows
+    from peft import get_peft_model
+    from trainer_bench import bench_rows, lora_config, tokenized
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -50,22 +50,14 @@ def worker(opts: argparse.Namespace) -> int:
         threads.apply_to_torch(threads.share(os.environ, threads.host_cpus(), world))
     tokenizer = smollm2_tokenizer()
     rows = bench_rows(opts.steps * opts.batch, seed=1)
-    features = []
-    for row in rows:
-        ex = data.tokenize_row(row, "chat", tokenizer, opts.max_seq_length)
-        features.append({"input_ids": ex.input_ids, "labels": ex.labels})
+    features = tokenized(rows, tokenizer, opts.max_seq_length)
     set_seed(0)
     model = AutoModelForCausalLM.from_pretrained(opts.model_dir, dtype=torch.float32)
     model.config.use_cache = False
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         model = model.to(dtype=torch.bfloat16)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
-        ),
-    )
+    model = get_peft_model(model, lora_config())
     counter = TokenCounter()
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="distributed-bench-"),
@@ -86,25 +78,36 @@ def worker(opts: argparse.Namespace) -> int:
         seed=0,
         data_seed=0,
     )
+    packing = KeepLabelledLogits(PackingCollator(counter, pad_token_id=tokenizer.pad_token_id))
+    # The first step (lazy initialisation, DDP's first bucket rebuild) is warm-up: timed from its end,
+    # its batch's tokens left out. Counted at collation, not at the step's end, because the data loader
+    # collates one batch ahead of the step that trains it.
+    first_batch: list[int] = []
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = packing(rows)
+        if not first_batch:
+            first_batch.append(counter.tokens)
+        return dict(batch)
+
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=features,
-        data_collator=KeepLabelledLogits(PackingCollator(counter, pad_token_id=tokenizer.pad_token_id)),
+        data_collator=collate,
         compute_loss_func=labelled_token_loss,
     )
-    # The first step (lazy initialisation, DDP's first bucket rebuild) is warm-up: timed from its end.
-    mark: dict[str, float] = {}
+    warm: list[float] = []
 
     class WarmUp(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step == 1:
-                mark.update(time=time.perf_counter(), tokens=counter.tokens)
+                warm.append(time.perf_counter())
 
     trainer.add_callback(WarmUp())
     trainer.train()
-    elapsed = time.perf_counter() - mark["time"]
-    tokens = torch.tensor([counter.tokens - int(mark["tokens"])], dtype=torch.int64)
+    elapsed = time.perf_counter() - warm[0]
+    tokens = torch.tensor([counter.tokens - first_batch[0]], dtype=torch.int64)
     seconds = torch.tensor([elapsed], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(tokens)
@@ -140,27 +143,18 @@ def launch(opts: argparse.Namespace, ranks: int, model_dir: Path, result: Path) 
         f"--batch={opts.batch}",
         f"--max-seq-length={opts.max_seq_length}",
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    subprocess.run(command, check=True, env=env)
+    # The worker is this script again: its directory (and trainer_bench beside it) is on its sys.path.
+    subprocess.run(command, check=True)
     return dict(json.loads(result.read_text()))
 
 
 def prepare_model(name: str, directory: Path) -> Path:
-    """The bench's model as a plain safetensors directory every rank loads."""
-    import torch
-    from finetune_trainer.model_loading import _as_plain_model
-    from finetune_trainer.tiny_model import build_tiny_llama, smollm2_gguf, smollm2_tokenizer
-    from transformers import AutoModelForCausalLM
+    """The bench's model (trainer_bench.load) as a plain safetensors directory every rank loads."""
+    from trainer_bench import load
 
-    tokenizer = smollm2_tokenizer()
-    if name == "tiny":
-        return Path(build_tiny_llama(directory / "tiny", tokenizer, hidden=256, layers=4))
-    gguf = smollm2_gguf()
-    model = _as_plain_model(
-        AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    )
-    model.save_pretrained(directory / "smollm2")
-    return directory / "smollm2"
+    model, _ = load(name, directory)
+    model.save_pretrained(directory / "model")
+    return directory / "model"
 
 
 def table(results: dict[int, dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -188,7 +182,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    parser.add_argument("--model", choices=sorted(MODEL_TITLES), default="smollm2")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps, the first one warm-up")
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
@@ -217,17 +211,11 @@ def main() -> int:
     if gpus and gpus < opts.ranks:
         print(f"{gpus} GPU(s) for {opts.ranks} ranks: scaling needs a GPU per rank", file=sys.stderr)
         return 2
-    best: dict[int, dict[str, Any]] = {}
-    for repeat in range(opts.repeats):
-        order = [1, opts.ranks] if repeat % 2 == 0 else [opts.ranks, 1]
-        for n in order:
-            result = launch(opts, n, model_dir, scratch / f"result-{n}.json")
-            if n not in best or result["tokens_per_second"] > best[n]["tokens_per_second"]:
-                best[n] = result
+    best = best_of(
+        opts.repeats, [1, opts.ranks], lambda n: launch(opts, n, model_dir, scratch / f"result-{n}.json")
+    )
     meta = {
-        "model": "SmolLM2-135M-Instruct"
-        if opts.model == "smollm2"
-        else "tiny random Llama (hidden 256, 4 layers)",
+        "model": MODEL_TITLES[opts.model],
         "device": device,
         "ranks": opts.ranks,
         "batch": opts.batch,

@@ -35,7 +35,7 @@ def pod_names(pod: JSON) -> list[str]:
 
 def render(node_hosts: str, entries: Sequence[tuple[str, Sequence[str]]]) -> str:
     lines = [node_hosts.rstrip("\n"), "# pods behind headless Services (the node agent's cluster DNS)"]
-    lines += [f"{ip}\t{' '.join(names)}" for ip, names in sorted(entries) if names]
+    lines += [f"{ip}\t{' '.join(names)}" for ip, names in sorted(entries)]
     return "\n".join(lines) + "\n"
 
 
@@ -45,7 +45,8 @@ class ClusterHosts:
         self.node_hosts = node_hosts
         self.lock = threading.Lock()
         self.entries: dict[str, tuple[str, list[str]]] = {}
-        self._write()
+        with self.lock:
+            self._write_locked()
 
     def set(self, uid: str, pod: JSON, ip: str) -> None:
         names = pod_names(pod)
@@ -59,10 +60,6 @@ class ClusterHosts:
         with self.lock:
             if self.entries.pop(uid, None) is not None:
                 self._write_locked()
-
-    def _write(self) -> None:
-        with self.lock:
-            self._write_locked()
 
     def _write_locked(self) -> None:
         try:

@@ -404,12 +404,19 @@ def _kill_leftovers(main_pid: int) -> None:
                 os.waitpid(pid, 0)
 
 
-def _reap_others(main_pid: int) -> None:
-    for child in _children():
-        if child == main_pid:
-            continue
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(child, os.WNOHANG)
+def _reap(main_pid: int) -> int | None:
+    """Reap every child that has exited (orphans of the container included: the shim is their
+    subreaper) without blocking; the main process's wait status once it has."""
+    status = None
+    while True:
+        try:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if pid == 0:
+            return status
+        if pid == main_pid:
+            status = st
 
 
 def run(spec_path: str) -> int:
@@ -454,7 +461,6 @@ def run(spec_path: str) -> int:
     streams = {out_r: "stdout", err_r: "stderr"}
     status: int | None = None
     drain_deadline = 0.0
-    next_reap = 0.0
     while streams:
         ready, _, _ = select.select(list(streams), [], [], 0.5)
         for fd in ready:
@@ -465,15 +471,10 @@ def run(spec_path: str) -> int:
                 os.close(fd)
                 del streams[fd]
         if status is None:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
+            status = _reap(pid)
+            if status is not None:
                 _kill_leftovers(pid)
                 drain_deadline = time.monotonic() + 2.0
-            elif time.monotonic() >= next_reap:
-                # Orphans that exited on their own while the container runs: reaped, not zombies.
-                _reap_others(pid)
-                next_reap = time.monotonic() + 1.0
         elif time.monotonic() > drain_deadline:
             break
     if status is None:

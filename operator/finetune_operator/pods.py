@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from finetune_contract.distributed import COMPLETION_INDEX_ANNOTATION
+
 from .api import FineTuneJobSpec
 from .api.status import TrainerPod, World
 from .failures import pod_blocker, terminated_state
@@ -20,9 +22,7 @@ JSON = dict[str, Any]
 
 def completion_index(pod: JSON) -> int:
     """The pod's node rank: the Indexed Job's completion index (0 for a single-pod Job)."""
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(
-        "batch.kubernetes.io/job-completion-index"
-    )
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
     return int(str(raw)) if str(raw).isdigit() else 0
 
 
@@ -67,6 +67,6 @@ def world_status(spec: FineTuneJobSpec, pods: Sequence[JSON], namespace: str) ->
 
 
 def summary(w: World) -> str:
-    """e.g. "2 of 2 pods running, 4 processes": for the Running message of a distributed attempt."""
+    """e.g. "2 of 2 pods running, world size 4 (2 x 2)": for the Running message of a distributed attempt."""
     running = sum(1 for p in w.pods if p.phase == "Running" and p.reason != "Terminating")
     return f"{running} of {w.nodes} pods running, world size {w.size} ({w.nodes} x {w.processes_per_node})"

@@ -20,14 +20,13 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_operator_trainer import prepare, real_trainer_operator
 from tests.integration.test_trainer_distributed import assert_same_curve, losses
 from tests.integration.test_trainer_support import (
     chat_rows,
     put_jsonl,
     tiny_model_dir,  # noqa: F401  (fixture)
-    upload_dir,
 )
-from tests.support import images
 from tests.support import operator as ops
 from tests.support.kube import kubectl, wait_for
 
@@ -40,37 +39,43 @@ def env(
     s3_env: dict[str, str],
     s3_bucket: str,
     tiny_model_dir: Path,  # noqa: F811
-) -> dict[str, Any]:
-    ops.apply_crd()
-    ops.setup_namespace(namespace, s3_env)
-    client = ops.s3_client(s3_env)
-    return {
-        "namespace": namespace,
-        "bucket": s3_bucket,
-        "endpoint": s3_env["AWS_ENDPOINT_URL"],
-        "model": upload_dir(client, tiny_model_dir, s3_bucket, "models/tiny"),
-        "train": put_jsonl(client, s3_bucket, "data/train.jsonl", chat_rows(64)),
-        "val": put_jsonl(client, s3_bucket, "data/val.jsonl", chat_rows(8, offset=100)),
-        "client": client,
-    }
+) -> dict[str, str]:
+    return prepare(namespace, s3_env, s3_bucket, tiny_model_dir)
 
 
 @pytest.fixture
-def operator(env: dict[str, Any]) -> Iterator[ops.Operator]:
-    with ops.running_operator(
-        env["namespace"], FTO_TRAINER_IMAGE=images.TRAINER, FTO_TERMINATION_GRACE_SECONDS="60"
-    ) as op:
+def operator(env: dict[str, str]) -> Iterator[ops.Operator]:
+    with real_trainer_operator(env["namespace"]) as op:
         yield op
 
 
+@pytest.fixture
+def data(env: dict[str, str], s3_env: dict[str, str]) -> dict[str, Any]:
+    """64 training rows and 8 validation rows beside the tiny model."""
+    client = ops.s3_client(s3_env)
+    return {
+        "client": client,
+        "train": put_jsonl(client, env["bucket"], "data/train.jsonl", chat_rows(64)),
+        "val": put_jsonl(client, env["bucket"], "data/val.jsonl", chat_rows(8, offset=100)),
+    }
+
+
 def manifest(
-    env: dict[str, Any], name: str, *, gpus: int, nodes: int, batch_size: int, epochs: int, **kw: Any
+    env: dict[str, str],
+    data: dict[str, Any],
+    name: str,
+    *,
+    gpus: int,
+    nodes: int,
+    batch_size: int,
+    epochs: int,
+    **kw: Any,
 ) -> dict[str, Any]:
     job = ops.job_manifest(
         name,
         env["namespace"],
         bucket=env["bucket"],
-        train=env["train"],
+        train=data["train"],
         endpoint=env["endpoint"],
         gpus=gpus,
         epochs=epochs,
@@ -79,7 +84,7 @@ def manifest(
     )
     spec = job["spec"]
     spec["baseModel"]["uri"] = env["model"]
-    spec["dataset"]["validation"] = env["val"]
+    spec["dataset"]["validation"] = data["val"]
     spec["resources"]["nodes"] = nodes
     spec["method"] = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}}
     spec["hyperparameters"].update(
@@ -128,13 +133,13 @@ def launcher_pid(namespace: str, job: str, node_rank: int) -> int | None:
 
 
 def test_two_pods_and_two_ranks_in_one_pod_train_the_single_process_curve(
-    env: dict[str, Any], s3_env: dict[str, str], operator: ops.Operator
+    env: dict[str, str], data: dict[str, Any], operator: ops.Operator
 ) -> None:
-    ns, bucket, client = env["namespace"], env["bucket"], env["client"]
+    ns, bucket, client = env["namespace"], env["bucket"], data["client"]
     # The same global batch of 8 three ways: 2 pods x 4, 1 pod x 2 ranks x 4, 1 process x 8.
-    ops.apply(manifest(env, "nodes", gpus=1, nodes=2, batch_size=4, epochs=2))
-    ops.apply(manifest(env, "ranks", gpus=2, nodes=1, batch_size=4, epochs=2))
-    ops.apply(manifest(env, "single", gpus=1, nodes=1, batch_size=8, epochs=2))
+    ops.apply(manifest(env, data, "nodes", gpus=1, nodes=2, batch_size=4, epochs=2))
+    ops.apply(manifest(env, data, "ranks", gpus=2, nodes=1, batch_size=4, epochs=2))
+    ops.apply(manifest(env, data, "single", gpus=1, nodes=1, batch_size=8, epochs=2))
 
     # While it runs, status shows the world and each pod; the Service names them for the rendezvous.
     def both_running() -> dict[str, Any] | None:
@@ -187,11 +192,13 @@ def test_two_pods_and_two_ranks_in_one_pod_train_the_single_process_curve(
 
 
 def test_preempted_rank_checkpoints_every_rank_and_a_killed_pod_fails_only_that_attempt(
-    env: dict[str, Any], s3_env: dict[str, str], operator: ops.Operator
+    env: dict[str, str], data: dict[str, Any], operator: ops.Operator
 ) -> None:
-    ns, bucket, client = env["namespace"], env["bucket"], env["client"]
+    ns, bucket, client = env["namespace"], env["bucket"], data["client"]
     # 64 rows, 2 x 2 per step: 16 steps an epoch, 6 epochs, a checkpoint every 8 steps.
-    ops.apply(manifest(env, "resume", gpus=1, nodes=2, batch_size=2, epochs=6, every_steps=8, retries=2))
+    ops.apply(
+        manifest(env, data, "resume", gpus=1, nodes=2, batch_size=2, epochs=6, every_steps=8, retries=2)
+    )
 
     def checkpointed(after: int) -> Any:
         def check() -> dict[str, Any] | None:
@@ -254,11 +261,13 @@ def test_preempted_rank_checkpoints_every_rank_and_a_killed_pod_fails_only_that_
 
 
 def test_a_workers_exit_42_fails_the_job_without_a_retry(
-    env: dict[str, Any], s3_env: dict[str, str], operator: ops.Operator
+    env: dict[str, str], data: dict[str, Any], operator: ops.Operator
 ) -> None:
-    ns, bucket, client = env["namespace"], env["bucket"], env["client"]
+    ns, bucket, client = env["namespace"], env["bucket"], data["client"]
     # Validated while suspended; then the dataset changes under it, so the trainer's own check fails.
-    ops.apply(manifest(env, "changed", gpus=1, nodes=2, batch_size=2, epochs=1, suspend=True, retries=3))
+    ops.apply(
+        manifest(env, data, "changed", gpus=1, nodes=2, batch_size=2, epochs=1, suspend=True, retries=3)
+    )
     wait_for(
         lambda: (c := ops.condition(ops.ftj("changed", ns), "Validated")) and c["status"] == "True",
         300,
@@ -281,12 +290,12 @@ def test_a_workers_exit_42_fails_the_job_without_a_retry(
 
 
 def test_an_attempt_that_cannot_place_every_pod_says_which_one_and_why(
-    env: dict[str, Any], s3_env: dict[str, str], operator: ops.Operator
+    env: dict[str, str], data: dict[str, Any], operator: ops.Operator
 ) -> None:
     """Three 1-GPU pods on a node with two GPUs: at most two run (and wait at the rendezvous), the others
     cannot be scheduled; status names the first of those, its node rank and the scheduler's reason."""
     ns = env["namespace"]
-    ops.apply(manifest(env, "toobig", gpus=1, nodes=3, batch_size=2, epochs=1))
+    ops.apply(manifest(env, data, "toobig", gpus=1, nodes=3, batch_size=2, epochs=1))
 
     def blocked() -> dict[str, Any] | None:
         st = ops.ftj("toobig", ns).get("status", {})

@@ -8,6 +8,7 @@ The faster stub (tests/integration/test_operator_lifecycle.py) is built on the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,16 +33,12 @@ pytestmark = pytest.mark.cluster
 TRAINER_IMAGE = images.TRAINER
 
 
-@pytest.fixture
-def env(
-    namespace: str,
-    s3_env: dict[str, str],
-    s3_bucket: str,
-    tiny_model_dir: Path,  # noqa: F811
-) -> dict[str, str]:
+def prepare(namespace: str, s3_env: dict[str, str], s3_bucket: str, model_dir: Path) -> dict[str, str]:
+    """The namespace (CRD, S3 Secret) and the tiny model in S3: what every real-trainer operator test
+    starts from (also test_operator_distributed.py)."""
     ops.apply_crd()
     ops.setup_namespace(namespace, s3_env)
-    model = upload_dir(ops.s3_client(s3_env), tiny_model_dir, s3_bucket, "models/tiny")
+    model = upload_dir(ops.s3_client(s3_env), model_dir, s3_bucket, "models/tiny")
     return {
         "namespace": namespace,
         "bucket": s3_bucket,
@@ -50,12 +47,27 @@ def env(
     }
 
 
+def real_trainer_operator(namespace: str) -> contextlib.AbstractContextManager[ops.Operator]:
+    """The operator with the trainer image and a 60 s grace period, for the checkpoint on SIGTERM."""
+    return ops.running_operator(
+        namespace, FTO_TRAINER_IMAGE=TRAINER_IMAGE, FTO_TERMINATION_GRACE_SECONDS="60"
+    )
+
+
+@pytest.fixture
+def env(
+    namespace: str,
+    s3_env: dict[str, str],
+    s3_bucket: str,
+    tiny_model_dir: Path,  # noqa: F811
+) -> dict[str, str]:
+    return prepare(namespace, s3_env, s3_bucket, tiny_model_dir)
+
+
 @pytest.fixture
 def operator(env: dict[str, str]) -> Iterator[ops.Operator]:
     # Scrape every second, so a suspend lands mid-run.
-    with ops.running_operator(
-        env["namespace"], FTO_TRAINER_IMAGE=TRAINER_IMAGE, FTO_TERMINATION_GRACE_SECONDS="60"
-    ) as op:
+    with real_trainer_operator(env["namespace"]) as op:
         yield op
 
 

@@ -96,8 +96,6 @@ def train(cfg: TrainerConfig, cpu_threads: int) -> Succeeded | None:
     from .validate import run_checks
 
     rank = distributed.Rank.from_env()
-    if rank.distributed:
-        distributed.die_with_launcher()
     threads.apply_to_torch(cpu_threads)
     preemption = training.Preemption()
     preemption.install()

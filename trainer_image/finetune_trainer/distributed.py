@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import signal
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -63,22 +61,6 @@ class Rank:
     def is_local_main(self) -> bool:
         """Local rank 0: downloads for its pod (the others of the pod reuse what it fetched)."""
         return self.local_rank == 0
-
-
-def die_with_launcher() -> None:
-    """SIGKILL this worker when its launcher dies. torch elastic starts each worker in a session of its
-    own, so a runtime that stops a container by signalling its process group (rather than a cgroup or a
-    PID namespace) would otherwise leave the workers training, uploading and holding the rendezvous
-    port after the pod is gone."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    launcher = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != launcher:  # it died before the request was in place
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def init(rank: Rank, device: str) -> None:
