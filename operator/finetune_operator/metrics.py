@@ -80,6 +80,7 @@ class _Job:
     phase: str = Phase.PENDING.value
     reason: str = ""
     gpu_type: str = DEFAULT_GPU_TYPE
+    queue: str = ""
     values: dict[str, float] = field(default_factory=dict)
 
 
@@ -93,6 +94,7 @@ class JobView:
     gpu_seconds: float
     cost: float
     gauges: dict[str, float | None]
+    queue: str = ""
 
 
 def view(
@@ -124,6 +126,7 @@ def view(
         gpu_type=gpu_type or DEFAULT_GPU_TYPE,
         gpu_seconds=gpu_seconds,
         cost=cost,
+        queue=spec.queue_name if spec is not None else "",
         gauges={
             "progress": ratio,
             "step": p.step if p else None,
@@ -150,7 +153,10 @@ class _JobsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._owner._lock:
-            jobs = [(k, j.phase, j.reason, j.gpu_type, dict(j.values)) for k, j in self._owner._jobs.items()]
+            jobs = [
+                (k, j.phase, j.reason, j.gpu_type, j.queue, dict(j.values))
+                for k, j in self._owner._jobs.items()
+            ]
         counts: dict[tuple[str, str], int] = {}
         for (ns, _), phase, *_ in jobs:
             for p in PHASES:
@@ -164,11 +170,12 @@ class _JobsCollector(Collector):
         yield by_phase
         info = GaugeMetricFamily(
             "finetune_job_info",
-            "One series per FineTuneJob (value 1): its current phase, the reason of that phase and GPU type.",
-            labels=["namespace", "name", "phase", "reason", "gpu_type"],
+            "One series per FineTuneJob (value 1): its current phase, the reason of that phase, GPU type and "
+            "Kueue LocalQueue (spec.queueName, empty without one).",
+            labels=["namespace", "name", "phase", "reason", "gpu_type", "queue"],
         )
-        for (ns, name), phase, reason, gpu_type, _ in jobs:
-            info.add_metric([ns, name, phase, reason, gpu_type], 1)
+        for (ns, name), phase, reason, gpu_type, queue, _ in jobs:
+            info.add_metric([ns, name, phase, reason, gpu_type, queue], 1)
         yield info
         for metric, help_text in JOB_GAUGES.items():
             family = GaugeMetricFamily(metric, help_text, labels=["namespace", "name"])
@@ -232,7 +239,8 @@ class OperatorMetrics:
         )
         self.queue_wait = Histogram(
             "finetune_job_queue_wait_seconds",
-            "Time from Queued (trainer Job created, waiting for GPUs) to the trainer running, per attempt.",
+            "Time an attempt waited: with spec.queueName from its trainer Job's creation (or its preemption) to "
+            "Kueue's admission, else from Queued (trainer Job created) to the trainer running.",
             buckets=QUEUE_WAIT_BUCKETS,
             registry=r,
         )
@@ -308,11 +316,18 @@ class OperatorMetrics:
             self.cost.labels(namespace, gpu_type).inc(cost)
 
     def set_job_phase(
-        self, namespace: str, name: str, phase: str, reason: str = "", gpu_type: str = DEFAULT_GPU_TYPE
+        self,
+        namespace: str,
+        name: str,
+        phase: str,
+        reason: str = "",
+        gpu_type: str = DEFAULT_GPU_TYPE,
+        *,
+        queue: str = "",
     ) -> None:
         with self._lock:
             job = self._jobs.setdefault((namespace, name), _Job())
-            job.phase, job.reason, job.gpu_type = phase, reason, gpu_type
+            job.phase, job.reason, job.gpu_type, job.queue = phase, reason, gpu_type, queue
 
     def update_job_series(
         self,
@@ -376,17 +391,34 @@ class OperatorMetrics:
             self.add_usage(
                 namespace, view.gpu_type, view.gpu_seconds - before.gpu_seconds, view.cost - before.cost
             )
-        self.set_job_phase(namespace, name, view.phase, view.reason, view.gpu_type)
+        self.set_job_phase(namespace, name, view.phase, view.reason, view.gpu_type, queue=view.queue)
         self.update_job_series(namespace, name, **view.gauges)
 
     def observe_transition(
-        self, old: FineTuneJobStatus, new: FineTuneJobStatus, created: datetime | None, now: datetime
+        self,
+        old: FineTuneJobStatus,
+        new: FineTuneJobStatus,
+        created: datetime | None,
+        now: datetime,
+        *,
+        kueue: bool = False,
     ) -> None:
-        """Histograms of a phase change, from the status read (`old`) and written (`new`)."""
+        """Histograms of a phase change, from the status read (`old`) and written (`new`). With Kueue
+        (`kueue`), the queue wait ends at admission: Admitted False (waiting since its transition) to True."""
+        if kueue:
+            waiting = _cond(old.conditions, ConditionType.ADMITTED)
+            admitted = _cond(new.conditions, ConditionType.ADMITTED)
+            if (
+                waiting is not None
+                and waiting.status == ConditionStatus.FALSE
+                and admitted is not None
+                and admitted.status == ConditionStatus.TRUE
+            ):
+                self.observe_queue_wait((now - waiting.last_transition_time).total_seconds())
         old_phase, new_phase = old.phase, new.phase or Phase.PENDING
         if old_phase == new_phase:
             return
-        if new_phase is Phase.RUNNING and old_phase is Phase.QUEUED:
+        if new_phase is Phase.RUNNING and old_phase is Phase.QUEUED and not kueue:
             entered = _phase_start(Phase.QUEUED, old.conditions, None)
             if entered is not None:
                 self.observe_queue_wait((now - entered).total_seconds())
@@ -422,7 +454,7 @@ class OperatorMetrics:
         created_at = _time(created)
         gpu_type = spec.resources.gpu_type if spec is not None else None
         self.update_job(namespace, name, view(new, gpu_type, spec=spec, created=created_at, now=now))
-        self.observe_transition(old, new, created_at, now)
+        self.observe_transition(old, new, created_at, now, kueue=bool(spec is not None and spec.queue_name))
         self.observe_first_step(old, new, created_at, now)
 
     # --- endpoint ------------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ from .manifests import JobRef
 from .pods import completion_index, world_status
 from .pods import summary as world_summary
 from .progress import Sample, checkpoint_status, next_metrics, next_progress
+from .queueing import KueueView, QueueState, workload_patch
+from .queueing import state as queue_state
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -91,6 +93,8 @@ class Observed:
     prices: PriceTable = field(default_factory=PriceTable)
     # GPU-seconds per trainer pod uid remembered by the job's loop (pods that are gone included).
     gpu_seconds_seen: Mapping[str, float] = field(default_factory=dict)
+    # Kueue's Workload and queues for the current attempt (read only with spec.queueName).
+    kueue: KueueView | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class Decision:
     status: FineTuneJobStatus
     create: list[JSON] = field(default_factory=list)
     patch_jobs: list[tuple[str, JSON]] = field(default_factory=list)
+    # Kueue Workloads to patch (spec.active: suspend and resume of a queued job).
+    patch_workloads: list[tuple[str, JSON]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     # Terminal: nothing will ever change again.
     done: bool = False
@@ -461,8 +467,12 @@ def _start_attempt(
     b.st.start_time = start
     b.st.attempts = attempt
     b.st.trainer_job_name = _name(trainer)
-    reason = Reason.WAITING_FOR_QUOTA if spec.queue_name else Reason.JOB_CREATED
-    b.set(ConditionType.ADMITTED, TRUE, reason, f"trainer Job {_name(trainer)} created (attempt {attempt})")
+    text = f"trainer Job {_name(trainer)} created (attempt {attempt})"
+    if spec.queue_name:
+        text += f"; waiting for Kueue to admit it from LocalQueue {spec.queue_name}"
+        b.set(ConditionType.ADMITTED, FALSE, Reason.WAITING_FOR_QUOTA, text)
+    else:
+        b.set(ConditionType.ADMITTED, TRUE, Reason.JOB_CREATED, text)
 
 
 def _train(
@@ -510,6 +520,8 @@ def _train(
         b.clear(ConditionType.SUSPENDED, Reason.RESUMED, "resumed")
         if not b.decision.done:
             text = f"waiting for GPUs: trainer Job {b.st.trainer_job_name} created"
+            if spec.queue_name:
+                text = f"waiting for Kueue: trainer Job {b.st.trainer_job_name} created in LocalQueue {spec.queue_name}"
             b.set(ConditionType.RUNNING, FALSE, Reason.PENDING, text)
             b.message(Reason.JOB_CREATED, text)
         return
@@ -524,7 +536,7 @@ def _train(
     b.st.attempts = max(attempt, b.old.attempts or 0)
     b.st.trainer_job_name = _name(current)
     b.st.start_time = b.st.start_time or _parse_time((current.get("metadata") or {}).get("creationTimestamp"))
-    if not is_true(b.st.conditions, ConditionType.ADMITTED):
+    if not spec.queue_name and not is_true(b.st.conditions, ConditionType.ADMITTED):
         b.set(ConditionType.ADMITTED, TRUE, Reason.JOB_CREATED, f"trainer Job {_name(current)} created")
 
     if job_condition(current, "Complete") is not None:
@@ -550,7 +562,37 @@ def _train(
         b.decision.patch_jobs.append((_name(current), {"spec": {"suspend": True}}))
         b.fail(reason, text, attempt=attempt)
         return
-    _active(b, spec=spec, obs=obs, settings=settings, current=current, pods=pods, namespace=job.ref.namespace)
+    queued = _queue(b, spec=spec, obs=obs, current=current, namespace=job.ref.namespace)
+    _active(
+        b,
+        spec=spec,
+        obs=obs,
+        settings=settings,
+        current=current,
+        pods=pods,
+        namespace=job.ref.namespace,
+        queued=queued,
+    )
+
+
+def _queue(
+    b: _Builder, *, spec: FineTuneJobSpec, obs: Observed, current: JSON, namespace: str
+) -> QueueState | None:
+    """Admitted from Kueue's Workload of the current attempt, and status.queue (with spec.queueName)."""
+    if not spec.queue_name or obs.kueue is None:
+        return None
+    gpus = spec.resources.gpus * spec.resources.nodes
+    qs = queue_state(spec.queue_name, namespace, gpus, _name(current), obs.kueue)
+    b.st.queue = qs.status
+    was_admitted = is_true(b.st.conditions, ConditionType.ADMITTED)
+    b.set(ConditionType.ADMITTED, TRUE if qs.admitted else FALSE, qs.reason, qs.message)
+    if was_admitted and qs.preempted:
+        b.event("Warning", Reason.PREEMPTED, qs.message)
+    if obs.kueue.workload is not None:
+        patch = workload_patch(obs.kueue.workload, suspend=spec.suspend)
+        if patch is not None:
+            b.decision.patch_workloads.append((_name(obs.kueue.workload), patch))
+    return qs
 
 
 def _retries_used(trainer_job: JSON) -> int:
@@ -732,12 +774,15 @@ def _active(
     current: JSON,
     pods: Sequence[JSON],
     namespace: str,
+    queued: QueueState | None = None,
 ) -> None:
     job_name = _name(current)
     job_suspended = bool((current.get("spec") or {}).get("suspend"))
     live = [p for p in pods if _is_live(p)]
     if spec.suspend:
-        if not job_suspended:
+        # With a queue, Kueue suspends the Job once its Workload is inactive (see _queue); suspending the
+        # Job here too would only race Kueue, which unsuspends a Job it has admitted.
+        if not job_suspended and not spec.queue_name:
             b.decision.patch_jobs.append((job_name, {"spec": {"suspend": True}}))
             b.event(
                 "Normal", "Suspending", f"suspending trainer Job {job_name}; the trainer saves a checkpoint"
@@ -809,10 +854,20 @@ def _active(
         return
     if spec.queue_name and job_suspended:
         text = f"waiting for Kueue to admit trainer Job {job_name} (queue {spec.queue_name})"
-        b.set(ConditionType.RUNNING, FALSE, Reason.WAITING_FOR_QUOTA, text)
-    else:
-        text = f"waiting for the trainer pod of Job {job_name} to start"
-        b.set(ConditionType.RUNNING, FALSE, Reason.PENDING, text)
+        reason: str = Reason.WAITING_FOR_QUOTA
+        if queued is not None and not queued.admitted:
+            text, reason = queued.message, queued.reason
+            if queued.stalled:
+                b.set(ConditionType.STALLED, TRUE, reason, text)
+            else:
+                b.clear(ConditionType.STALLED, Reason.PROGRESSING, "waiting in the queue")
+        if live:
+            text = f"{text} (stopping {len(live)} trainer pod(s); the trainer saves a checkpoint on SIGTERM)"
+        b.set(ConditionType.RUNNING, FALSE, reason, text)
+        b.message(reason, text)
+        return
+    text = f"waiting for the trainer pod of Job {job_name} to start"
+    b.set(ConditionType.RUNNING, FALSE, Reason.PENDING, text)
     b.message(Reason.PENDING, text)
 
 

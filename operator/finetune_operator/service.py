@@ -21,7 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from . import metrics
-from .api import FineTuneJobSpec, FineTuneJobStatus
+from .api import ConditionType, FineTuneJobSpec, FineTuneJobStatus, is_true
 from .cost import PriceTable, parse_price_table
 from .kube import Kube, is_status
 from .manifests import (
@@ -34,7 +34,8 @@ from .manifests import (
     JobRef,
 )
 from .progress import Sample, scrape
-from .reconcile import Decision, JobInput, Observed, reconcile, scrape_target
+from .queueing import LABEL_JOB_UID, KueueView
+from .reconcile import Decision, JobInput, Observed, attempt_of, reconcile, scrape_target
 from .settings import OperatorSettings
 
 JSON = dict[str, Any]
@@ -161,6 +162,56 @@ def parse_job(
         return JobInput(ref, generation, None, parsed_status, spec_error=str(err).replace("\n", "; "))
 
 
+def kueue_job(job: JobInput, trainer_jobs: Iterable[JSON]) -> JSON | None:
+    """The current attempt's trainer Job when Kueue's view of it is needed: the job has a queue, the Job
+    is not finished, and it waits (suspended), is to be suspended, or was not seen admitted yet."""
+    if job.spec is None or not job.spec.queue_name:
+        return None
+    current = max(trainer_jobs, key=attempt_of, default=None)
+    if current is None:
+        return None
+    conditions = {c.get("type") for c in (current.get("status") or {}).get("conditions") or []}
+    if conditions & {"Complete", "Failed"}:
+        return None
+    suspended = bool((current.get("spec") or {}).get("suspend"))
+    if suspended or job.spec.suspend or not is_true(job.status.conditions, ConditionType.ADMITTED):
+        return current
+    return None
+
+
+async def read_kueue(
+    kube: Kube,
+    namespace: str,
+    queue_name: str,
+    trainer_job: JSON,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> KueueView | None:
+    """The Workload Kueue made for `trainer_job`, its LocalQueue and ClusterQueue (None: not readable)."""
+    uid = str((trainer_job.get("metadata") or {}).get("uid") or "")
+    try:
+        workloads = await kube.kueue_list(namespace, "workloads")
+    except Exception as err:
+        if is_status(err, 404):
+            return KueueView(installed=False)
+        logger.warning(f"cannot read Kueue Workloads in {namespace}: {err}")
+        return None
+    mine = [w for w in workloads if ((w.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB_UID) == uid]
+    workload = max(
+        mine, key=lambda w: str((w.get("metadata") or {}).get("creationTimestamp") or ""), default=None
+    )
+    local_queue = cluster_queue = None
+    try:
+        local_queue = await kube.kueue_get(namespace, "localqueues", queue_name)
+        cq_name = str(((local_queue or {}).get("spec") or {}).get("clusterQueue") or "")
+        if cq_name:
+            cluster_queue = await kube.kueue_get(None, "clusterqueues", cq_name)
+    except Exception as err:  # the quota in the message is a help, not a must
+        logger.warning(f"cannot read Kueue queue {queue_name} of {namespace}: {err}")
+    return KueueView(
+        workload=workload, local_queue=local_queue, cluster_queue=cluster_queue, namespace_workloads=workloads
+    )
+
+
 async def apply(
     ctx: Context,
     *,
@@ -193,6 +244,13 @@ async def apply(
             if not is_status(err, 404):
                 raise
         logger.info(f"patched Job {name}: {patch}")
+    for name, patch in decision.patch_workloads:
+        try:
+            await ctx.kube.patch_workload(ns, name, patch)
+        except Exception as err:
+            if not is_status(err, 404):
+                raise
+        logger.info(f"patched Kueue Workload {name}: {patch}")
     new = decision.status.to_patch()
     if new != written.to_patch():
         await ctx.kube.patch_status(ns, job.ref.name, new)
@@ -242,7 +300,13 @@ async def run_job(
                 sample = await scrape(ctx.http, target, settings.metrics_port, settings.scrape_timeout)
                 last_scrape = time.monotonic()
             prices = await ctx.prices.get(logger)
-            observed = Observed(validation, trainer_jobs, trainer_pods, sample, prices, gpu_seconds_seen)
+            queued = kueue_job(job, trainer_jobs)
+            kueue = None
+            if queued is not None and job.spec is not None:
+                kueue = await read_kueue(ctx.kube, namespace, job.spec.queue_name, queued, logger)
+            observed = Observed(
+                validation, trainer_jobs, trainer_pods, sample, prices, gpu_seconds_seen, kueue=kueue
+            )
             started = time.monotonic()
             at = now()
             decision = reconcile(job, observed, settings, at)

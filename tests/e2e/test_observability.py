@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster import kueue as local_kueue
 from tests.promtool.queries import (
     RULE_FILES,
     dashboard_queries,
@@ -117,6 +118,8 @@ def operator_objects(ns: str, port: int) -> list[dict[str, Any]]:
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "patch"]},
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["get"]},
     ]
     labels = {"app.kubernetes.io/name": "finetune-operator", "app.kubernetes.io/component": "operator"}
     env = {
@@ -223,6 +226,27 @@ def operator_pod(namespace: str, s3_env: dict[str, str], cluster: dict[str, str]
 
 
 @pytest.fixture
+def closed_queue(operator_pod: str) -> Iterator[str]:
+    """A Kueue LocalQueue `closed` in the operator's namespace whose ClusterQueue has no GPU quota."""
+    ns = operator_pod
+    cluster_queue = f"closed-{ns}"
+    objects = [
+        local_kueue.cluster_queue(cluster_queue, 0),
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "LocalQueue",
+            "metadata": {"name": "closed", "namespace": ns},
+            "spec": {"clusterQueue": cluster_queue},
+        },
+    ]
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    try:
+        yield "closed"
+    finally:
+        kubectl("delete", "clusterqueue", cluster_queue, "--wait=false", check=False)
+
+
+@pytest.fixture
 def prometheus_with_rules(cluster: dict[str, str]) -> Iterator[None]:
     reload_prometheus(RULE_FILES)
     try:
@@ -274,7 +298,11 @@ def target_of(pod: str, ns: str) -> dict[str, Any] | None:
 
 
 def test_prometheus_scrapes_operator_and_trainer_and_every_panel_has_data(
-    operator_pod: str, prometheus_with_rules: None, s3_env: dict[str, str], s3_bucket: str
+    operator_pod: str,
+    closed_queue: str,
+    prometheus_with_rules: None,
+    s3_env: dict[str, str],
+    s3_bucket: str,
 ) -> None:
     ns = operator_pod
     start = time.time() - 30
@@ -295,8 +323,13 @@ def test_prometheus_scrapes_operator_and_trainer_and_every_panel_has_data(
     bad_rows: list[Any] = ["this is not JSON", *ops.chat_rows(3)]
     bad_train = ops.upload_dataset(s3_env, s3_bucket, "data/bad.jsonl", bad_rows)
     bad = ops.job_manifest("bad", ns, bucket=s3_bucket, train=bad_train, endpoint=endpoint)
+    # ...and one that stays in a Kueue queue whose ClusterQueue has no GPU (the queue panel).
+    waiting = ops.job_manifest(
+        "waiting", ns, bucket=s3_bucket, train=train, endpoint=endpoint, extra={"queueName": closed_queue}
+    )
     ops.apply(good)
     ops.apply(bad)
+    ops.apply(waiting)
 
     # While the trainer runs, Prometheus has both targets, found through Kubernetes service discovery.
     running = ops.wait_phase("good", ns, "Running", 120)
@@ -346,7 +379,9 @@ def test_prometheus_scrapes_operator_and_trainer_and_every_panel_has_data(
 
     # The operator's series keep the job's namespace (honor_labels), never an exported_namespace.
     info = prom_query(f'finetune_job_info{{namespace="{ns}"}}')["data"]["result"]
-    assert {s["metric"]["name"] for s in info} == {"good", "bad"}
+    assert {s["metric"]["name"] for s in info} == {"good", "bad", "waiting"}
+    queued = [s["metric"] for s in info if s["metric"]["name"] == "waiting"]
+    assert [(m["phase"], m["queue"]) for m in queued] == [("Queued", "closed")], queued
     assert all("exported_namespace" not in s["metric"] for s in info)
     reason = failed["status"]["conditions"]
     assert any(s["metric"]["reason"] == c["reason"] for s in info for c in reason if c["type"] == "Failed")

@@ -326,6 +326,13 @@ def test_rbac_is_least_privilege(values: dict[str, Any]) -> None:
             "verbs": ["get"],
         }
     ]
+    # Kueue: a queued job's Workload and queues; suspend through the Workload.
+    assert can(ms, "list", "workloads", "kueue.x-k8s.io")
+    assert can(ms, "patch", "workloads", "kueue.x-k8s.io")
+    assert can(ms, "get", "localqueues", "kueue.x-k8s.io")
+    assert can(ms, "get", "clusterqueues", "kueue.x-k8s.io")
+    assert not can(ms, "create", "workloads", "kueue.x-k8s.io")
+    assert not can(ms, "patch", "clusterqueues", "kueue.x-k8s.io")
     assert not can(ms, "get", "nodes")
     assert not can(ms, "create", "deployments", "apps")
     assert not can(ms, "create", "customresourcedefinitions", "apiextensions.k8s.io")
@@ -333,7 +340,11 @@ def test_rbac_is_least_privilege(values: dict[str, Any]) -> None:
 
 def test_cluster_scope_binds_cluster_wide_and_uses_a_cluster_peering(default: list[Manifest]) -> None:
     names = {m["metadata"]["name"] for m in by_kind(default, "ClusterRoleBinding")}
-    assert names == {"fto-finetune-operator", "fto-finetune-operator-discovery"}
+    assert names == {
+        "fto-finetune-operator",
+        "fto-finetune-operator-discovery",
+        "fto-finetune-operator-kueue",
+    }
     assert by_kind(default, "RoleBinding") == [one(default, "RoleBinding", "fto-finetune-operator-prices")]
     assert can(default, "patch", "clusterkopfpeerings", "kopf.dev")
     assert container_env(deployment(default))["FTO_NAMESPACES"] == ""
@@ -348,9 +359,16 @@ def test_namespace_scope_grants_only_in_watched_namespaces() -> None:
         ("team-b", "fto-finetune-operator"),
         ("fto-system", "fto-finetune-operator-prices"),
     }
-    # The only cluster-wide grant: reading which CRDs and namespaces exist (Kopf's discovery).
-    (cluster_role,) = [m for m in by_kind(ms, "ClusterRole")]
+    # The only cluster-wide grants: reading which CRDs and namespaces exist (Kopf's discovery) and, unless
+    # turned off, Kueue's ClusterQueues (get).
+    (cluster_role,) = [m for m in by_kind(ms, "ClusterRole") if m["metadata"]["name"].endswith("-discovery")]
     assert {tuple(r["verbs"]) for r in cluster_role["rules"]} == {("list", "watch")}
+    (kueue,) = [m for m in by_kind(ms, "ClusterRole") if m["metadata"]["name"].endswith("-kueue")]
+    assert kueue["rules"] == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues"], "verbs": ["get"]}
+    ]
+    off = render({"rbac.scope": "namespace", "kueue.readClusterQueues": False})
+    assert [m["metadata"]["name"] for m in by_kind(off, "ClusterRole")] == ["fto-finetune-operator-discovery"]
     assert not can(ms, "patch", "clusterkopfpeerings", "kopf.dev")
     assert container_env(deployment(ms))["FTO_NAMESPACES"] == "team-a,team-b"
     # Without watchNamespaces: the release namespace.

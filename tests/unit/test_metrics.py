@@ -162,6 +162,7 @@ def test_lifecycle_counts_transitions_histograms_and_usage() -> None:
         "phase": "Succeeded",
         "reason": "Completed",
         "gpu_type": "nvidia-h100-80gb",
+        "queue": "",
     }
     assert value(r, "finetune_job_info", **info) == 1
     assert value(r, "finetune_jobs", namespace="team-a", phase="Succeeded") == 1
@@ -200,6 +201,7 @@ def test_running_job_series_and_failure() -> None:
             phase="Failed",
             reason="OOMKilled",
             gpu_type="nvidia-h100-80gb",
+            queue="",
         )
         == 1
     )
@@ -290,6 +292,7 @@ def test_job_without_budget_or_gpu_type() -> None:
             phase="Pending",
             reason="Pending",
             gpu_type="default",
+            queue="",
         )
         == 1
     )

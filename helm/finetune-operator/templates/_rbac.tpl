@@ -31,6 +31,14 @@ names them in the pods it renders. Children are deleted by the garbage collector
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# Kueue (spec.queueName): why a job waits, and spec.suspend through the Workload's spec.active, since
+# Kueue unsuspends a Job it admitted. Harmless where Kueue is not installed.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, patch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get]
 {{- end }}
 
 {{/* Kopf's peering object in a namespace it serves (namespaced operators). */}}

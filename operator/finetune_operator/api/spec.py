@@ -511,6 +511,15 @@ class FineTuneJobSpec(TrainingSpec):
         _optional_immutable("budget"),
         _optional_immutable("activeDeadlineSeconds"),
         _optional_immutable("queueName"),
+        _optional_immutable("workloadPriorityClassName"),
+        Cel(
+            "!has(self.workloadPriorityClassName) || self.workloadPriorityClassName == '' || "
+            "(has(self.queueName) && self.queueName != '')",
+            "workloadPriorityClassName is a Kueue WorkloadPriorityClass and needs queueName (a Kueue "
+            "LocalQueue); set queueName, or use resources.priorityClassName for a pod PriorityClass",
+            field_path=".workloadPriorityClassName",
+            reason="FieldValueForbidden",
+        ),
     )
 
     storage: Annotated[Storage, immutable("storage")]
@@ -528,9 +537,20 @@ class FineTuneJobSpec(TrainingSpec):
     ] = ""
     """Optional Kueue LocalQueue in the job's namespace; the trainer Job gets the label
     kueue.x-k8s.io/queue-name and waits for Kueue's admission (phase Queued). Immutable."""
+    workload_priority_class_name: Annotated[
+        str,
+        StringConstraints(
+            max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
+        ),
+    ] = ""
+    """Optional Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class on the trainer Job): a job of
+    higher priority is admitted first and may preempt a lower one in its ClusterQueue, which saves a
+    checkpoint and resumes from it when readmitted. Needs queueName. Immutable."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> FineTuneJobSpec:
         if self.method.type is MethodType.QLORA and self.resources.gpus < 1:
             raise ValueError("method.type qlora needs resources.gpus of 1 or more")
+        if self.workload_priority_class_name and not self.queue_name:
+            raise ValueError("workloadPriorityClassName needs queueName (a Kueue LocalQueue)")
         return self

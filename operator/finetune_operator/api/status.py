@@ -220,6 +220,23 @@ class World(ReadModel):
     """Each pod of the current attempt, by index."""
 
 
+class Queue(ReadModel):
+    """Where the current attempt waits in Kueue (spec.queueName), as Kueue reports it."""
+
+    local_queue: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The LocalQueue (spec.queueName)."""
+    cluster_queue: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The ClusterQueue the LocalQueue feeds, whose quota admits the job."""
+    workload: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Kueue's Workload for the current attempt's trainer Job."""
+    position: Int32 | None = None
+    """1 = next: the place among the LocalQueue's pending Workloads in Kueue's order (priority, then
+    time queued); unset once admitted. Jobs of other namespaces in the same ClusterQueue are counted
+    in pendingWorkloads, not here."""
+    pending_workloads: Int32 | None = None
+    """Workloads waiting in the ClusterQueue, all namespaces together."""
+
+
 class Failure(ReadModel):
     """The most recent failed attempt, kept when it is retried, so the cause is not lost."""
 
@@ -273,6 +290,7 @@ class FineTuneJobStatus(ReadModel):
     outputs: Outputs | None = None
     world: World | None = None
     """The current attempt's ranks and pods; kubectl describe shows why a pod cannot start."""
+    queue: Queue | None = None
     usage: Usage | None = None
     estimate: Estimate | None = None
     last_failure: Failure | None = None

@@ -1,0 +1,302 @@
+"""Kueue's view of a queued trainer Job, in words a user can act on. Pure: the job's loop reads the
+Workload, the LocalQueue and the ClusterQueue (service.read_kueue), reconcile turns them into status.
+
+Kueue admits a Job by unsuspending it and stops it (preemption, deactivation) by suspending it again;
+its Workload says why a job waits. The message names the ClusterQueue and the quota it lacks, e.g.
+"waiting for quota in ClusterQueue gpus: needs 2 nvidia.com/gpu, 0 of 2 free; position 1 of 1 in
+LocalQueue team-a", since "pending" alone does not tell a user whether to wait or to act.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from .api import Reason
+from .api.status import Queue
+
+JSON = dict[str, Any]
+GROUP: Final = "kueue.x-k8s.io"
+VERSION: Final = "v1beta2"
+LABEL_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
+LABEL_PRIORITY_CLASS: Final = "kueue.x-k8s.io/priority-class"
+# Kueue labels each Workload with the UID of the Job it was made for.
+LABEL_JOB_UID: Final = "kueue.x-k8s.io/job-uid"
+GPU: Final = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class KueueView:
+    """What the job's loop read for the current attempt. None: not found (yet)."""
+
+    # False when the cluster has no kueue.x-k8s.io API at all.
+    installed: bool = True
+    workload: JSON | None = None
+    local_queue: JSON | None = None
+    cluster_queue: JSON | None = None
+    # The namespace's Workloads, for the position in the LocalQueue.
+    namespace_workloads: Sequence[JSON] = ()
+
+
+@dataclass(frozen=True)
+class QueueState:
+    admitted: bool
+    reason: str
+    message: str
+    # Waiting will not end by itself: the user or the platform team must change something.
+    stalled: bool = False
+    # Kueue's words when it evicted the admitted workload to make room (empty otherwise).
+    preempted: str = ""
+    status: Queue | None = None
+
+
+def _conditions(obj: JSON | None) -> dict[str, JSON]:
+    conds = ((obj or {}).get("status") or {}).get("conditions") or []
+    return {str(c.get("type")): c for c in conds if isinstance(c, dict)}
+
+
+def _true(obj: JSON | None, type_: str) -> bool:
+    return _conditions(obj).get(type_, {}).get("status") == "True"
+
+
+def _name(obj: JSON | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("name") or "")
+
+
+def quantity(value: object) -> Decimal:
+    """A Kubernetes quantity as a number (plain and binary/decimal suffixed forms, as Kueue writes them)."""
+    text = str(value or "0").strip()
+    suffixes: dict[str, Decimal | int] = {
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "Pi": 2**50,
+        "Ei": 2**60,
+        "n": Decimal("1e-9"),
+        "u": Decimal("1e-6"),
+        "m": Decimal("1e-3"),
+        "k": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "P": 10**15,
+        "E": 10**18,
+    }
+    for suffix, factor in suffixes.items():
+        if text.endswith(suffix):
+            try:
+                return Decimal(text[: -len(suffix)]) * factor
+            except InvalidOperation:
+                return Decimal(0)
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def _fmt(value: Decimal) -> str:
+    return str(int(value)) if value == value.to_integral_value() else f"{value:f}"
+
+
+def gpu_quota(cluster_queue: JSON) -> tuple[Decimal, Decimal] | None:
+    """(nominal, reserved) nvidia.com/gpu of a ClusterQueue over all flavors; None if it has no GPU quota."""
+    nominal = Decimal(0)
+    covered = False
+    for group in (cluster_queue.get("spec") or {}).get("resourceGroups") or []:
+        for flavor in group.get("flavors") or []:
+            for res in flavor.get("resources") or []:
+                if res.get("name") == GPU:
+                    covered = True
+                    nominal += quantity(res.get("nominalQuota"))
+    if not covered:
+        return None
+    reserved = Decimal(0)
+    for flavor in (cluster_queue.get("status") or {}).get("flavorsReservation") or []:
+        for res in flavor.get("resources") or []:
+            if res.get("name") == GPU:
+                reserved += quantity(res.get("total"))
+    return nominal, reserved
+
+
+def _queued_since(workload: JSON) -> str:
+    """Kueue orders equal priorities by when they were queued: an evicted workload by its eviction."""
+    evicted = _conditions(workload).get("Evicted") or {}
+    if evicted.get("status") == "True" and evicted.get("lastTransitionTime"):
+        return str(evicted["lastTransitionTime"])
+    return str((workload.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _pending(workload: JSON) -> bool:
+    spec = workload.get("spec") or {}
+    return (
+        spec.get("active", True) is not False
+        and not _true(workload, "QuotaReserved")
+        and not _true(workload, "Finished")
+    )
+
+
+def position(workload: JSON, others: Iterable[JSON]) -> tuple[int, int] | None:
+    """(place, count) among the pending Workloads of the same LocalQueue: higher priority first, then
+    the earlier queued (Kueue's BestEffortFIFO/StrictFIFO order within a queue)."""
+    if not _pending(workload):
+        return None
+    queue = (workload.get("spec") or {}).get("queueName")
+
+    def key(w: JSON) -> tuple[int, str, str]:
+        return (-int((w.get("spec") or {}).get("priority") or 0), _queued_since(w), _name(w))
+
+    same = [w for w in others if (w.get("spec") or {}).get("queueName") == queue and _pending(w)]
+    if not any(_name(w) == _name(workload) for w in same):
+        same.append(workload)
+    same.sort(key=key)
+    names = [_name(w) for w in same]
+    return names.index(_name(workload)) + 1, len(same)
+
+
+def _quota_text(cluster_queue: JSON | None, name: str, gpus: int, kueue_says: str) -> tuple[str, bool]:
+    """ "waiting for quota in ClusterQueue X: needs N nvidia.com/gpu, F of T free" and whether it can
+    never fit (more GPUs than the ClusterQueue has, with no cohort to borrow from). When the GPUs are
+    not what it waits for (they are free, or the job needs none), Kueue's own words."""
+    waiting = f"waiting for ClusterQueue {name} to admit it" + (f": {kueue_says}" if kueue_says else "")
+    if "unavailable in ClusterQueue" in kueue_says:
+        # Kueue refuses a workload that requests a resource its ClusterQueue does not cover.
+        return (
+            f"ClusterQueue {name} cannot admit it: {kueue_says}; the ClusterQueue must cover every resource "
+            "the trainer pods request (cpu, memory, nvidia.com/gpu and ephemeral-storage for the scratch "
+            "volume): ask the platform team",
+            True,
+        )
+    if cluster_queue is None or gpus <= 0:
+        return waiting, False
+    quota = gpu_quota(cluster_queue)
+    if quota is None:
+        return (
+            f"ClusterQueue {name} has no {GPU} quota, so a job that asks for GPUs is never admitted: ask "
+            "the platform team to add it or use another queue",
+            True,
+        )
+    nominal, reserved = quota
+    free = max(Decimal(0), nominal - reserved)
+    cohort = (cluster_queue.get("spec") or {}).get("cohortName")
+    if gpus > nominal and not cohort:
+        text = (
+            f"ClusterQueue {name} has {_fmt(nominal)} {GPU} in all and this job needs {gpus}: it is never "
+            "admitted; lower resources.gpus or resources.nodes (a new job), or ask the platform team for more quota"
+        )
+        return text, True
+    if free >= gpus and kueue_says:
+        return waiting, False
+    return (
+        f"waiting for quota in ClusterQueue {name}: needs {gpus} {GPU}, {_fmt(free)} of {_fmt(nominal)} free",
+        False,
+    )
+
+
+def state(queue_name: str, namespace: str, gpus: int, trainer_job: str, view: KueueView) -> QueueState:
+    """The current attempt's place in Kueue. `gpus` is what the whole attempt asks for (gpus x nodes)."""
+    if not view.installed:
+        return QueueState(
+            admitted=False,
+            reason=Reason.WAITING_FOR_QUOTA,
+            message=(
+                f"spec.queueName is {queue_name} but Kueue is not installed in this cluster (no {GROUP} API), so "
+                f"nothing will admit trainer Job {trainer_job}: install Kueue, or delete the job and create it "
+                "without queueName"
+            ),
+            stalled=True,
+        )
+    lq, cq, wl = view.local_queue, view.cluster_queue, view.workload
+    cq_name = str(((lq or {}).get("spec") or {}).get("clusterQueue") or "") or None
+    status = Queue(
+        local_queue=queue_name,
+        cluster_queue=cq_name,
+        workload=_name(wl) or None,
+        pending_workloads=((cq or {}).get("status") or {}).get("pendingWorkloads"),
+    )
+    if lq is None:
+        return QueueState(
+            admitted=False,
+            reason=Reason.WAITING_FOR_QUOTA,
+            message=(
+                f"LocalQueue {queue_name} does not exist in namespace {namespace}: ask the platform team to "
+                f"create it, or delete the job and create it with an existing queue "
+                f"(kubectl get localqueues -n {namespace})"
+            ),
+            stalled=True,
+            status=status,
+        )
+    if wl is None:
+        return QueueState(
+            admitted=False,
+            reason=Reason.WAITING_FOR_QUOTA,
+            message=f"waiting for Kueue to queue trainer Job {trainer_job} in LocalQueue {queue_name}",
+            status=status,
+        )
+    conds = _conditions(wl)
+    if (wl.get("status") or {}).get("admission") and _true(wl, "Admitted"):
+        admission = (wl.get("status") or {}).get("admission") or {}
+        flavors = sorted(
+            {
+                str(f)
+                for ps in admission.get("podSetAssignments") or []
+                for f in (ps.get("flavors") or {}).values()
+            }
+        )
+        where = str(admission.get("clusterQueue") or cq_name or "")
+        text = f"admitted by Kueue to ClusterQueue {where}" + (
+            f" (flavor {', '.join(flavors)})" if flavors else ""
+        )
+        return QueueState(admitted=True, reason=Reason.QUOTA_RESERVED, message=text, status=status)
+    preempted = ""
+    evicted = conds.get("Evicted") or {}
+    if _true(wl, "Preempted"):
+        preempted = str(conds["Preempted"].get("message") or "") or "to make room for a higher priority"
+    elif evicted.get("status") == "True" and evicted.get("reason") == "Preempted":
+        preempted = str(evicted.get("message") or "") or "to make room for a higher priority"
+    where = cq_name or "?"
+    reserved = conds.get("QuotaReserved") or {}
+    kueue_says = str(reserved.get("message") or "")
+    text, never = _quota_text(cq, where, gpus, kueue_says)
+    if reserved.get("reason") in ("NoMatchingFlavor", "Misconfigured", "Inactive") or (
+        cq is not None and not _true(cq, "Active")
+    ):
+        # Not a matter of waiting: name Kueue's own reason.
+        text = f"ClusterQueue {where} cannot admit it: {kueue_says or 'the ClusterQueue is not active'}"
+        never = True
+    place = position(wl, view.namespace_workloads)
+    if place is not None:
+        status = status.model_copy(update={"position": place[0]})
+        text += f"; position {place[0]} of {place[1]} in LocalQueue {queue_name}"
+    if preempted:
+        text = f"preempted by Kueue ({preempted}); the trainer saves a checkpoint and the job resumes from it when readmitted; {text}"
+    return QueueState(
+        admitted=False,
+        reason=Reason.PREEMPTED if preempted else Reason.WAITING_FOR_QUOTA,
+        message=text,
+        stalled=never,
+        preempted=preempted,
+        status=status,
+    )
+
+
+def workload_patch(workload: JSON | None, *, suspend: bool) -> JSON | None:
+    """spec.active for spec.suspend: Kueue unsuspends a Job it admitted, so a held job must be held in
+    its Workload (Kueue then evicts it and suspends the Job itself). None: nothing to change."""
+    if workload is None:
+        return None
+    active = (workload.get("spec") or {}).get("active", True) is not False
+    if suspend and active:
+        return {"spec": {"active": False}}
+    if not suspend and not active:
+        return {"spec": {"active": True}}
+    return None
+
+
+def trainer_job_labels(queue_name: str, priority_class: str) -> Mapping[str, str]:
+    labels = {LABEL_QUEUE_NAME: queue_name} if queue_name else {}
+    if queue_name and priority_class:
+        labels[LABEL_PRIORITY_CLASS] = priority_class
+    return labels
