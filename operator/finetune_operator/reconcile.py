@@ -539,7 +539,12 @@ def _train(
     if not spec.queue_name and not is_true(b.st.conditions, ConditionType.ADMITTED):
         b.set(ConditionType.ADMITTED, TRUE, Reason.JOB_CREATED, f"trainer Job {_name(current)} created")
 
-    if job_condition(current, "Complete") is not None:
+    # SuccessCriteriaMet comes first and already decides it: a Job suspended in between (by Kueue, or
+    # spec.suspend as the trainer finished) may not reach Complete until it is resumed.
+    if (
+        job_condition(current, "Complete") is not None
+        or job_condition(current, "SuccessCriteriaMet") is not None
+    ):
         _succeed(b, spec, pods)
         return
     if job_condition(current, "Failed") is not None:

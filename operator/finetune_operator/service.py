@@ -171,7 +171,7 @@ def kueue_job(job: JobInput, trainer_jobs: Iterable[JSON]) -> JSON | None:
     if current is None:
         return None
     conditions = {c.get("type") for c in (current.get("status") or {}).get("conditions") or []}
-    if conditions & {"Complete", "Failed"}:
+    if conditions & {"Complete", "SuccessCriteriaMet", "Failed"}:
         return None
     suspended = bool((current.get("spec") or {}).get("suspend"))
     if suspended or job.spec.suspend or not is_true(job.status.conditions, ConditionType.ADMITTED):

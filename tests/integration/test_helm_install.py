@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster import kueue as local_kueue
 from tests.support import operator as ops
 from tests.support.helm import CHART, MONITORING_API, MONITORING_KINDS, helm, set_args
 from tests.support.kube import enforce_restricted, kubectl, kubectl_json, wait_for
@@ -115,13 +116,22 @@ def s3_secret(namespace: str, s3_env: dict[str, str]) -> None:
 
 
 def submit(
-    name: str, namespace: str, s3_env: dict[str, str], bucket: str, *, rows: int, step_seconds: float
+    name: str,
+    namespace: str,
+    s3_env: dict[str, str],
+    bucket: str,
+    *,
+    rows: int,
+    step_seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     train = ops.upload_dataset(
         s3_env, bucket, f"data/{name}.jsonl", ops.chat_rows(rows), {"stepSeconds": step_seconds}
     )
     ops.apply(
-        ops.job_manifest(name, namespace, bucket=bucket, train=train, endpoint=s3_env["AWS_ENDPOINT_URL"])
+        ops.job_manifest(
+            name, namespace, bucket=bucket, train=train, endpoint=s3_env["AWS_ENDPOINT_URL"], extra=extra
+        )
     )
 
 
@@ -275,10 +285,36 @@ def test_install_run_upgrade_uninstall(
     assert not release.can("list", "finetunejobs.finetune.dev", "-n", "default")
     assert not release.can("get", "nodes")
     assert not release.can("update", "customresourcedefinitions.apiextensions.k8s.io")
+    # Kueue: the Workloads and queues of a queued job, the ClusterQueue's quota, nothing to write but
+    # a Workload's spec.active.
+    assert release.can("list", "workloads.kueue.x-k8s.io", "-n", ns)
+    assert release.can("patch", "workloads.kueue.x-k8s.io", "-n", ns)
+    assert release.can("get", "localqueues.kueue.x-k8s.io", "-n", ns)
+    assert release.can("get", "clusterqueues.kueue.x-k8s.io")
+    assert not release.can("patch", "clusterqueues.kueue.x-k8s.io")
+    assert not release.can("create", "workloads.kueue.x-k8s.io", "-n", ns)
 
-    # A job, start to end, done by the installed operator.
-    submit("first", ns, s3_env, s3_bucket, rows=20, step_seconds=0.2)
+    # A job, start to end, done by the installed operator, queued in Kueue (the local environment's
+    # ClusterQueue of the node's GPUs).
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "LocalQueue",
+                "metadata": {"name": "team", "namespace": ns},
+                "spec": {"clusterQueue": local_kueue.CLUSTER_QUEUE},
+            }
+        ),
+    )
+    submit("first", ns, s3_env, s3_bucket, rows=20, step_seconds=0.2, extra={"queueName": "team"})
     first = finished(release, "first", 120)
+    admitted = ops.condition(first, "Admitted") or {}
+    assert admitted.get("reason") == "QuotaReserved", first["status"]
+    assert admitted["message"].startswith(f"admitted by Kueue to ClusterQueue {local_kueue.CLUSTER_QUEUE}")
+    assert first["status"]["queue"]["clusterQueue"] == local_kueue.CLUSTER_QUEUE
     assert first["status"]["outputs"]["adapterURI"].endswith("/out/first/adapter/")
     # The chart's NetworkPolicy for job pods is in this namespace, and its selector, as the API server
     # reads it, picks both of the job's pods (the local node does not enforce policies; a CNI would).

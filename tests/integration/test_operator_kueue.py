@@ -5,7 +5,7 @@ running beside it never share quota with it; the stub trainer behind real Jobs k
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,23 +28,25 @@ def apply(*objects: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def queue(namespace: str, s3_env: dict[str, str], crd: None, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A ClusterQueue of the GPUs the test asks for (marker `gpu_quota`, default 2) with preemption of
-    lower priorities, and a LocalQueue `team` in the test's namespace pointing at it."""
-    marker = request.node.get_closest_marker("gpu_quota")
-    gpus = marker.args[0] if marker else 2
-    name = f"cq-{namespace}"
+def queue(namespace: str, s3_env: dict[str, str], crd: None) -> Iterator[Callable[[int], str]]:
+    """Makes the test's own ClusterQueue of `gpus` GPUs (preempting lower priorities) and a LocalQueue
+    `team` in its namespace pointing at it; returns the ClusterQueue's name."""
     ops.setup_namespace(namespace, s3_env)
-    apply(
-        local_kueue.cluster_queue(name, gpus),
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": "team", "namespace": namespace},
-            "spec": {"clusterQueue": name},
-        },
-    )
-    yield name
+    name = f"cq-{namespace}"
+
+    def make(gpus: int) -> str:
+        apply(
+            local_kueue.cluster_queue(name, gpus),
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "LocalQueue",
+                "metadata": {"name": "team", "namespace": namespace},
+                "spec": {"clusterQueue": name},
+            },
+        )
+        return name
+
+    yield make
     kubectl("delete", "clusterqueue", name, "--wait=false", check=False)
 
 
@@ -86,9 +88,10 @@ def debug(namespace: str, op: ops.Operator) -> str:
 
 
 def test_a_third_job_waits_for_quota_then_runs(
-    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: str
+    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: Callable[[int], str]
 ) -> None:
     ns = namespace
+    cluster_queue = queue(2)
     stub = {"stepSeconds": 0.5, "totalSteps": 16}
     with ops.running_operator(ns) as op:
         for name in ("first", "second"):
@@ -106,11 +109,11 @@ def test_a_third_job_waits_for_quota_then_runs(
         assert third["phase"] == "Queued", json.dumps(third, indent=1)
         assert admitted["status"] == "False"
         assert admitted["reason"] == "WaitingForQuota"
-        expected = f"waiting for quota in ClusterQueue {queue}: needs 1 nvidia.com/gpu, 0 of 2 free"
+        expected = f"waiting for quota in ClusterQueue {cluster_queue}: needs 1 nvidia.com/gpu, 0 of 2 free"
         assert third["message"].startswith(expected), third["message"]
         assert "position 1 of 1 in LocalQueue team" in third["message"]
         assert third["queue"]["localQueue"] == "team"
-        assert third["queue"]["clusterQueue"] == queue
+        assert third["queue"]["clusterQueue"] == cluster_queue
         assert third["queue"]["workload"].startswith("job-third-train-a1-")
         # Held back by Kueue: its Job stays suspended, no pod of it asks for a GPU.
         assert ops.gpu_pods_ever(ns, "third") == []
@@ -127,11 +130,11 @@ def test_a_third_job_waits_for_quota_then_runs(
         assert float(waits[0].split()[-1]) >= 3, waits
 
 
-@pytest.mark.gpu_quota(1)
 def test_a_higher_priority_job_preempts_and_the_preempted_one_resumes(
-    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: str
+    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: Callable[[int], str]
 ) -> None:
     ns = namespace
+    queue(1)
     classes = {f"low-{ns}": 10, f"high-{ns}": 1000}
     apply(
         *(
@@ -213,14 +216,15 @@ def test_a_higher_priority_job_preempts_and_the_preempted_one_resumes(
         kubectl("delete", "workloadpriorityclass", *classes, "--wait=false", check=False)
 
 
-@pytest.mark.gpu_quota(1)
 def test_suspend_and_resume_through_kueue_and_no_workload_left_behind(
-    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: str
+    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: Callable[[int], str]
 ) -> None:
     ns = namespace
+    queue(1)
     stub = {"stepSeconds": 0.5, "totalSteps": 12}
     with ops.running_operator(ns) as op:
-        ops.apply(job(ns, s3_env, s3_bucket, "admitted", stub))
+        # Long enough to be suspended while it trains.
+        ops.apply(job(ns, s3_env, s3_bucket, "admitted", {"stepSeconds": 0.5, "totalSteps": 60}))
         wait_for(lambda: status("admitted", ns).get("phase") == "Running", 180, "admitted running")
         ops.apply(job(ns, s3_env, s3_bucket, "waiting", stub))
         wait_for(
@@ -231,7 +235,10 @@ def test_suspend_and_resume_through_kueue_and_no_workload_left_behind(
         for name in ("admitted", "waiting"):
             ops.wait_phase(name, ns, "Suspended", 120, op)
         # Held in Kueue: both Workloads inactive, so the quota the first one freed admits neither.
-        wait_for(lambda: not ops.gpu_pods_ever(ns, "admitted"), 60, "the admitted job's pods gone")
+        try:
+            wait_for(lambda: not ops.gpu_pods_ever(ns, "admitted"), 60, "the admitted job's pods gone")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{debug(ns, op)}") from None
         active = {w["metadata"]["name"].split("-train-")[0]: w["spec"].get("active") for w in workloads(ns)}
         assert active == {"job-admitted": False, "job-waiting": False}, active
         assert kubectl_json("get", "job", "admitted-train-a1", "-n", ns)["spec"]["suspend"] is True
@@ -241,7 +248,7 @@ def test_suspend_and_resume_through_kueue_and_no_workload_left_behind(
         for name in ("admitted", "waiting"):
             done = ops.wait_phase(name, ns, {"Succeeded", "Failed"}, 240, op)
             assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"], indent=1)
-            assert done["status"]["progress"]["step"] == 12
+            assert done["status"]["progress"]["step"] == (60 if name == "admitted" else 12)
             assert done["status"]["attempts"] == 1
         # A queued job deleted: its Job and Workload go with it (owner references, the real GC).
         ops.apply(job(ns, s3_env, s3_bucket, "big", stub, resources={"gpus": 1, "nodes": 2}))

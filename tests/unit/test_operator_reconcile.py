@@ -677,3 +677,15 @@ def test_a_replaced_pod_is_shown_by_its_newest_instance() -> None:
         ("bot-train-a1-0-xyz", "Running"),
         ("bot-train-a1-1-xyz", "Pending"),
     ]
+
+
+def test_success_criteria_met_is_success_even_if_the_job_was_suspended_before_complete() -> None:
+    done = tpod(1, "Succeeded", state=terminated(0))
+    d = run(
+        validated(),
+        make_spec(suspend=True),
+        jobs=[tjob(1, cond="SuccessCriteriaMet", suspend=True)],
+        tpods=[done],
+    )
+    assert d.status.phase == Phase.SUCCEEDED
+    assert d.patch_jobs == []
