@@ -46,6 +46,7 @@ WEBHOOK_KINDS: Final = ("batch-v1-job", "kueue-x-k8s-io-v1beta2-")
 # that trainer pods ask for (a ClusterQueue must cover every resource a workload requests).
 CLUSTER_QUEUE: Final = "gpus"
 FLAVOR: Final = "local-gpu"
+DEMO_NAMESPACE: Final = "default"
 CPU_QUOTA: Final = "64"
 MEMORY_QUOTA: Final = "256Gi"
 # Trainer pods request their scratch volume as ephemeral-storage.
@@ -171,8 +172,9 @@ def install_objects(manifests: Path) -> list[dict[str, Any]]:
 
 
 def queue_objects() -> list[dict[str, Any]]:
-    """A ResourceFlavor and a ClusterQueue with the node's GPUs, open to every namespace; a team's
-    LocalQueue points at it (see docs/operations.md)."""
+    """A ResourceFlavor and a ClusterQueue with the node's GPUs, open to every namespace, and a LocalQueue
+    of the same name in the demo's namespace (`default`): `queueName: gpus` there queues a job in Kueue.
+    Not named `default`, which Kueue's LocalQueueDefaulting would apply to every Job of the namespace."""
     return [
         {
             "apiVersion": "kueue.x-k8s.io/v1beta2",
@@ -180,6 +182,12 @@ def queue_objects() -> list[dict[str, Any]]:
             "metadata": {"name": FLAVOR},
         },
         cluster_queue(CLUSTER_QUEUE, NODE_GPUS),
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "LocalQueue",
+            "metadata": {"name": CLUSTER_QUEUE, "namespace": DEMO_NAMESPACE},
+            "spec": {"clusterQueue": CLUSTER_QUEUE},
+        },
     ]
 
 

@@ -198,6 +198,29 @@ def test_cluster_up_is_idempotent_and_cluster_down_leaves_nothing(
             check=True,
         )
         assert json.loads(nodes.stdout)["items"][0]["metadata"]["name"]
+        # Kueue serves its webhooks and has admitted its own queues through them.
+        assert _listening(Ports().kueue_webhook + OFFSET)
+
+        def active_queues() -> dict[tuple[str, str, str], str | None]:
+            queues = subprocess.run(
+                ["kubectl", "get", "clusterqueue,localqueue", "-A", "-o", "json"],
+                env=dict(env, KUBECONFIG=str(state / "kubeconfig")),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return {
+                (q["kind"], q["metadata"].get("namespace", ""), q["metadata"]["name"]): {
+                    c["type"]: c["status"] for c in q.get("status", {}).get("conditions", [])
+                }.get("Active")
+                for q in json.loads(queues.stdout)["items"]
+            }
+
+        want = {("ClusterQueue", "", "gpus"): "True", ("LocalQueue", "default", "gpus"): "True"}
+        found = wait_for(lambda: (q := active_queues()) == want and q, 30, "Kueue's queues Active")
+        assert found == {("ClusterQueue", "", "gpus"): "True", ("LocalQueue", "default", "gpus"): "True"}, (
+            found
+        )
 
         t0 = time.monotonic()
         subprocess.run([*run, "up"], env=env, cwd=REPO, check=True, timeout=120)
