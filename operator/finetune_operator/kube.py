@@ -116,11 +116,16 @@ class Kube:
             )
         )
 
-    async def kueue_list(self, namespace: str, plural: str) -> list[JSON]:
+    async def kueue_list(self, namespace: str, plural: str, label_selector: str = "") -> list[JSON]:
         """Kueue objects of a namespace (ApiException 404: Kueue's API is not installed)."""
         resp = await self._call(
             lambda: self.custom.list_namespaced_custom_object(
-                KUEUE_GROUP, KUEUE_VERSION, namespace, plural, _preload_content=False
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                plural,
+                label_selector=label_selector,
+                _preload_content=False,
             )
         )
         return list(json.loads(resp.data).get("items") or [])

@@ -414,7 +414,12 @@ class OperatorMetrics:
                 and admitted is not None
                 and admitted.status == ConditionStatus.TRUE
             ):
-                self.observe_queue_wait((now - waiting.last_transition_time).total_seconds())
+                # Time the user held the job suspended is not queue wait: count from the resume.
+                resumed = _cond(new.conditions, ConditionType.SUSPENDED)
+                since = waiting.last_transition_time
+                if resumed is not None and resumed.status == ConditionStatus.FALSE:
+                    since = max(since, resumed.last_transition_time)
+                self.observe_queue_wait((now - since).total_seconds())
         old_phase, new_phase = old.phase, new.phase or Phase.PENDING
         if old_phase == new_phase:
             return

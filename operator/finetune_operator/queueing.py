@@ -25,6 +25,11 @@ LABEL_PRIORITY_CLASS: Final = "kueue.x-k8s.io/priority-class"
 # Kueue labels each Workload with the UID of the Job it was made for.
 LABEL_JOB_UID: Final = "kueue.x-k8s.io/job-uid"
 GPU: Final = "nvidia.com/gpu"
+# On a Workload the operator deactivated for spec.suspend (and only there).
+ANNOTATION_DEACTIVATED: Final = "finetune.dev/deactivated-for-suspend"
+# QuotaReserved=False reasons that no amount of waiting changes (Inadmissible: a stopped or missing
+# queue; the others with Kueue's UnadmittedWorkloadsObservability gate).
+_BLOCKED: Final = ("Inadmissible", "Misconfigured", "NoMatchingFlavor", "ExceedsMaxQuota")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class KueueView:
     cluster_queue: JSON | None = None
     # The namespace's Workloads, for the position in the LocalQueue.
     namespace_workloads: Sequence[JSON] = ()
+    # The LocalQueue names a ClusterQueue that does not exist (None cluster_queue alone may be unreadable).
+    cluster_queue_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class QueueState:
     message: str
     # Waiting will not end by itself: the user or the platform team must change something.
     stalled: bool = False
-    # Kueue's words when it evicted the admitted workload to make room (empty otherwise).
+    # Kueue's words when it preempted or evicted the workload (empty otherwise).
     preempted: str = ""
     status: Queue | None = None
 
@@ -101,30 +108,37 @@ def _fmt(value: Decimal) -> str:
     return str(int(value)) if value == value.to_integral_value() else f"{value:f}"
 
 
-def gpu_quota(cluster_queue: JSON) -> tuple[Decimal, Decimal] | None:
-    """(nominal, reserved) nvidia.com/gpu of a ClusterQueue over all flavors; None if it has no GPU quota."""
-    nominal = Decimal(0)
-    covered = False
-    for group in (cluster_queue.get("spec") or {}).get("resourceGroups") or []:
-        for flavor in group.get("flavors") or []:
-            for res in flavor.get("resources") or []:
-                if res.get("name") == GPU:
-                    covered = True
-                    nominal += quantity(res.get("nominalQuota"))
-    if not covered:
+def gpu_quota(cluster_queue: JSON) -> tuple[Decimal, Decimal, Decimal] | None:
+    """(nominal, reserved, largest flavor's nominal) nvidia.com/gpu of a ClusterQueue over all flavors
+    (a pod set is admitted in one flavor); None if it has no GPU quota."""
+    flavors = [
+        quantity(res.get("nominalQuota"))
+        for group in (cluster_queue.get("spec") or {}).get("resourceGroups") or []
+        for flavor in group.get("flavors") or []
+        for res in flavor.get("resources") or []
+        if res.get("name") == GPU
+    ]
+    if not flavors:
         return None
+    nominal = sum(flavors, Decimal(0))
     reserved = Decimal(0)
     for flavor in (cluster_queue.get("status") or {}).get("flavorsReservation") or []:
         for res in flavor.get("resources") or []:
             if res.get("name") == GPU:
                 reserved += quantity(res.get("total"))
-    return nominal, reserved
+    return nominal, reserved, max(flavors)
 
 
 def _queued_since(workload: JSON) -> str:
-    """Kueue orders equal priorities by when they were queued: an evicted workload by its eviction."""
+    """Kueue orders equal priorities by creation, except a workload evicted by a PodsReady timeout or an
+    admission check, which queues from its eviction (Kueue's workload.Ordering; a preempted one keeps
+    its creation time)."""
     evicted = _conditions(workload).get("Evicted") or {}
-    if evicted.get("status") == "True" and evicted.get("lastTransitionTime"):
+    if (
+        evicted.get("status") == "True"
+        and evicted.get("reason") in ("PodsReadyTimeout", "AdmissionCheck")
+        and evicted.get("lastTransitionTime")
+    ):
         return str(evicted["lastTransitionTime"])
     return str((workload.get("metadata") or {}).get("creationTimestamp") or "")
 
@@ -178,12 +192,17 @@ def _quota_text(cluster_queue: JSON | None, name: str, gpus: int, kueue_says: st
             "the platform team to add it or use another queue",
             True,
         )
-    nominal, reserved = quota
+    nominal, reserved, largest = quota
     free = max(Decimal(0), nominal - reserved)
     cohort = (cluster_queue.get("spec") or {}).get("cohortName")
-    if gpus > nominal and not cohort:
+    if gpus > largest and not cohort:
+        most = (
+            f"{_fmt(nominal)} {GPU} in all"
+            if largest == nominal
+            else f"at most {_fmt(largest)} {GPU} in one flavor"
+        )
         text = (
-            f"ClusterQueue {name} has {_fmt(nominal)} {GPU} in all and this job needs {gpus}: it is never "
+            f"ClusterQueue {name} has {most} and this job needs {gpus}: it is never "
             "admitted; lower resources.gpus or resources.nodes (a new job), or ask the platform team for more quota"
         )
         return text, True
@@ -195,6 +214,28 @@ def _quota_text(cluster_queue: JSON | None, name: str, gpus: int, kueue_says: st
     )
 
 
+def _evicted(workload: JSON) -> JSON | None:
+    cond = _conditions(workload).get("Evicted") or {}
+    return cond if cond.get("status") == "True" else None
+
+
+def deactivated_by_operator(workload: JSON) -> bool:
+    return ((workload.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DEACTIVATED) == "true"
+
+
+def _eviction_text(workload: JSON) -> str:
+    """Why Kueue took the workload's quota away ("" if it did not, or for the operator's own suspend).
+    Kueue sets Evicted at once and clears the admission only once the Job's pods are gone."""
+    conds = _conditions(workload)
+    evicted = _evicted(workload)
+    if _true(workload, "Preempted") or (evicted is not None and evicted.get("reason") == "Preempted"):
+        said = str((conds.get("Preempted") or evicted or {}).get("message") or "")
+        return f"preempted by Kueue ({said or 'to make room for a workload of higher priority'})"
+    if evicted is not None and evicted.get("reason") != "Deactivated":
+        return f"evicted by Kueue ({evicted.get('reason')}: {evicted.get('message') or 'no message'})"
+    return ""
+
+
 def state(queue_name: str, namespace: str, gpus: int, trainer_job: str, view: KueueView) -> QueueState:
     """The current attempt's place in Kueue. `gpus` is what the whole attempt asks for (gpus x nodes)."""
     if not view.installed:
@@ -202,9 +243,9 @@ def state(queue_name: str, namespace: str, gpus: int, trainer_job: str, view: Ku
             admitted=False,
             reason=Reason.WAITING_FOR_QUOTA,
             message=(
-                f"spec.queueName is {queue_name} but Kueue is not installed in this cluster (no {GROUP} API), so "
-                f"nothing will admit trainer Job {trainer_job}: install Kueue, or delete the job and create it "
-                "without queueName"
+                f"spec.queueName is {queue_name} but this cluster serves no {GROUP}/{VERSION} API (Kueue is not "
+                f"installed, or older than that API), so nothing will admit trainer Job {trainer_job}: install "
+                "Kueue, or delete the job and create it without queueName"
             ),
             stalled=True,
         )
@@ -236,8 +277,25 @@ def state(queue_name: str, namespace: str, gpus: int, trainer_job: str, view: Ku
             status=status,
         )
     conds = _conditions(wl)
-    if (wl.get("status") or {}).get("admission") and _true(wl, "Admitted"):
-        admission = (wl.get("status") or {}).get("admission") or {}
+    where = cq_name or "?"
+    if (wl.get("spec") or {}).get("active", True) is False and not deactivated_by_operator(wl):
+        # Kueue's own deactivation (requeuing limit, maximum execution time) or an administrator's: the
+        # operator does not undo it, and Kueue admits nothing inactive.
+        why = _evicted(wl) or {}
+        said = f" ({why.get('reason')}: {why.get('message')})" if why else ""
+        return QueueState(
+            admitted=False,
+            reason=Reason.WAITING_FOR_QUOTA,
+            message=(
+                f"Kueue Workload {_name(wl)} is deactivated{said}, so it is not admitted again: set its "
+                "spec.active to true (kubectl patch workload), or delete the job and create it again"
+            ),
+            stalled=True,
+            status=status,
+        )
+    eviction = _eviction_text(wl)
+    admission = (wl.get("status") or {}).get("admission") or {}
+    if admission and _true(wl, "Admitted") and not eviction and _evicted(wl) is None:
         flavors = sorted(
             {
                 str(f)
@@ -245,53 +303,62 @@ def state(queue_name: str, namespace: str, gpus: int, trainer_job: str, view: Ku
                 for f in (ps.get("flavors") or {}).values()
             }
         )
-        where = str(admission.get("clusterQueue") or cq_name or "")
+        where = str(admission.get("clusterQueue") or where)
         text = f"admitted by Kueue to ClusterQueue {where}" + (
             f" (flavor {', '.join(flavors)})" if flavors else ""
         )
         return QueueState(admitted=True, reason=Reason.QUOTA_RESERVED, message=text, status=status)
-    preempted = ""
-    evicted = conds.get("Evicted") or {}
-    if _true(wl, "Preempted"):
-        preempted = str(conds["Preempted"].get("message") or "") or "to make room for a higher priority"
-    elif evicted.get("status") == "True" and evicted.get("reason") == "Preempted":
-        preempted = str(evicted.get("message") or "") or "to make room for a higher priority"
-    where = cq_name or "?"
     reserved = conds.get("QuotaReserved") or {}
     kueue_says = str(reserved.get("message") or "")
+    if reserved.get("status") == "True" and not eviction:
+        # Quota held; Kueue's admission checks (e.g. a ProvisioningRequest) decide the rest.
+        checks = str((conds.get("Admitted") or {}).get("message") or "")
+        text = f"quota reserved in ClusterQueue {where}; waiting for its admission checks" + (
+            f": {checks}" if checks else ""
+        )
+        return QueueState(admitted=False, reason=Reason.WAITING_FOR_QUOTA, message=text, status=status)
     text, never = _quota_text(cq, where, gpus, kueue_says)
-    if reserved.get("reason") in ("NoMatchingFlavor", "Misconfigured", "Inactive") or (
-        cq is not None and not _true(cq, "Active")
-    ):
-        # Not a matter of waiting: name Kueue's own reason.
+    if view.cluster_queue_missing:
+        text = (
+            f"ClusterQueue {where}, which LocalQueue {queue_name} feeds, does not exist: ask the platform team"
+            + (f" (Kueue: {kueue_says})" if kueue_says else "")
+        )
+        never = True
+    elif reserved.get("reason") in _BLOCKED or (cq is not None and not _true(cq, "Active")):
+        # Not a matter of waiting (a stopped queue, no flavor that fits, ...): Kueue's own words first.
         text = f"ClusterQueue {where} cannot admit it: {kueue_says or 'the ClusterQueue is not active'}"
         never = True
     place = position(wl, view.namespace_workloads)
     if place is not None:
         status = status.model_copy(update={"position": place[0]})
         text += f"; position {place[0]} of {place[1]} in LocalQueue {queue_name}"
-    if preempted:
-        text = f"preempted by Kueue ({preempted}); the trainer saves a checkpoint and the job resumes from it when readmitted; {text}"
+    if eviction:
+        text = (
+            f"{eviction}; the trainer saves a checkpoint and the job resumes from it in the same attempt when "
+            f"admitted again; {text}"
+        )
     return QueueState(
         admitted=False,
-        reason=Reason.PREEMPTED if preempted else Reason.WAITING_FOR_QUOTA,
+        reason=Reason.PREEMPTED if eviction else Reason.WAITING_FOR_QUOTA,
         message=text,
         stalled=never,
-        preempted=preempted,
+        preempted=eviction,
         status=status,
     )
 
 
 def workload_patch(workload: JSON | None, *, suspend: bool) -> JSON | None:
     """spec.active for spec.suspend: Kueue unsuspends a Job it admitted, so a held job must be held in
-    its Workload (Kueue then evicts it and suspends the Job itself). None: nothing to change."""
+    its Workload (Kueue then evicts it and suspends the Job itself). The Workload is marked, so that
+    resuming reactivates only what the operator deactivated, never a Workload Kueue or an administrator
+    turned off. None: nothing to change."""
     if workload is None:
         return None
     active = (workload.get("spec") or {}).get("active", True) is not False
     if suspend and active:
-        return {"spec": {"active": False}}
-    if not suspend and not active:
-        return {"spec": {"active": True}}
+        return {"metadata": {"annotations": {ANNOTATION_DEACTIVATED: "true"}}, "spec": {"active": False}}
+    if not suspend and not active and deactivated_by_operator(workload):
+        return {"metadata": {"annotations": {ANNOTATION_DEACTIVATED: None}}, "spec": {"active": True}}
     return None
 
 

@@ -593,6 +593,8 @@ def _queue(
     b.set(ConditionType.ADMITTED, TRUE if qs.admitted else FALSE, qs.reason, qs.message)
     if was_admitted and qs.preempted:
         b.event("Warning", Reason.PREEMPTED, qs.message)
+    if qs.admitted:
+        b.clear(ConditionType.STALLED, Reason.PROGRESSING, qs.message)
     if obs.kueue.workload is not None:
         patch = workload_patch(obs.kueue.workload, suspend=spec.suspend)
         if patch is not None:
@@ -784,6 +786,14 @@ def _active(
     job_name = _name(current)
     job_suspended = bool((current.get("spec") or {}).get("suspend"))
     live = [p for p in pods if _is_live(p)]
+    if spec.suspend and spec.queue_name and obs.kueue is None and not job_suspended:
+        # Held through the Workload (see _queue), which could not be read: say so, claim nothing.
+        text = (
+            f"suspend requested, but the Kueue Workload of trainer Job {job_name} could not be read (see the "
+            "operator's log), so Kueue may keep it running; retrying"
+        )
+        b.message(Reason.SUSPENDED, text)
+        return
     if spec.suspend:
         # With a queue, Kueue suspends the Job once its Workload is inactive (see _queue); suspending the
         # Job here too would only race Kueue, which unsuspends a Job it has admitted.

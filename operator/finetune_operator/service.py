@@ -186,29 +186,44 @@ async def read_kueue(
     trainer_job: JSON,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> KueueView | None:
-    """The Workload Kueue made for `trainer_job`, its LocalQueue and ClusterQueue (None: not readable)."""
+    """The Workload Kueue made for `trainer_job`, its LocalQueue and ClusterQueue. None when they cannot
+    be read (the status then says nothing it does not know). The namespace's other Workloads are read
+    only while this one waits, for its position."""
     uid = str((trainer_job.get("metadata") or {}).get("uid") or "")
     try:
-        workloads = await kube.kueue_list(namespace, "workloads")
+        mine = await kube.kueue_list(namespace, "workloads", f"{LABEL_JOB_UID}={uid}")
+        local_queue = await kube.kueue_get(namespace, "localqueues", queue_name)
     except Exception as err:
         if is_status(err, 404):
             return KueueView(installed=False)
-        logger.warning(f"cannot read Kueue Workloads in {namespace}: {err}")
+        logger.warning(f"cannot read Kueue's Workload or LocalQueue {queue_name} in {namespace}: {err}")
         return None
-    mine = [w for w in workloads if ((w.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB_UID) == uid]
     workload = max(
         mine, key=lambda w: str((w.get("metadata") or {}).get("creationTimestamp") or ""), default=None
     )
-    local_queue = cluster_queue = None
-    try:
-        local_queue = await kube.kueue_get(namespace, "localqueues", queue_name)
-        cq_name = str(((local_queue or {}).get("spec") or {}).get("clusterQueue") or "")
-        if cq_name:
+    cluster_queue, missing = None, False
+    cq_name = str(((local_queue or {}).get("spec") or {}).get("clusterQueue") or "")
+    if cq_name:
+        try:
             cluster_queue = await kube.kueue_get(None, "clusterqueues", cq_name)
-    except Exception as err:  # the quota in the message is a help, not a must
-        logger.warning(f"cannot read Kueue queue {queue_name} of {namespace}: {err}")
+            missing = cluster_queue is None
+        except Exception as err:  # the quota in the message is a help, not a must
+            if is_status(err, 403):  # kueue.readClusterQueues off: expected, not worth a warning a loop
+                logger.debug(f"not allowed to read ClusterQueue {cq_name}: {err}")
+            else:
+                logger.warning(f"cannot read ClusterQueue {cq_name}: {err}")
+    others: list[JSON] = []
+    if workload is not None and not (workload.get("status") or {}).get("admission"):
+        try:
+            others = await kube.kueue_list(namespace, "workloads")
+        except Exception as err:
+            logger.warning(f"cannot list Kueue Workloads in {namespace}: {err}")
     return KueueView(
-        workload=workload, local_queue=local_queue, cluster_queue=cluster_queue, namespace_workloads=workloads
+        workload=workload,
+        local_queue=local_queue,
+        cluster_queue=cluster_queue,
+        namespace_workloads=others,
+        cluster_queue_missing=missing,
     )
 
 

@@ -116,7 +116,7 @@ def test_quantities_read_as_kueue_writes_them(text: str, value: Decimal) -> None
 
 
 def test_gpu_quota_sums_flavors_and_says_when_there_is_none() -> None:
-    assert gpu_quota(cluster_queue(4, reserved=3)) == (Decimal(4), Decimal(3))
+    assert gpu_quota(cluster_queue(4, reserved=3)) == (Decimal(4), Decimal(3), Decimal(4))
     assert gpu_quota(cluster_queue(None)) is None
 
 
@@ -137,6 +137,25 @@ def test_the_message_names_the_queue_what_is_missing_and_the_place() -> None:
 
 
 def test_position_puts_higher_priority_first_then_the_earlier_queued() -> None:
+    # A preempted workload keeps its creation time in Kueue's order; a PodsReady timeout does not.
+    preempted = workload(
+        "preempted",
+        created=-30,
+        conditions=[
+            *waiting(),
+            {"type": "Evicted", "status": "True", "reason": "Preempted", "lastTransitionTime": ts(-1)},
+        ],
+    )
+    timed_out = workload(
+        "timed-out",
+        created=-3000,
+        conditions=[
+            *waiting(),
+            {"type": "Evicted", "status": "True", "reason": "PodsReadyTimeout", "lastTransitionTime": ts(-1)},
+        ],
+    )
+    newer = workload("newer", conditions=waiting(), created=-10)
+    assert position(newer, [preempted, timed_out, newer]) == (2, 3)
     me = workload("me", conditions=waiting(), created=-60)
     older = workload("older", conditions=waiting(), created=-600)
     urgent = workload("urgent", conditions=waiting(), created=-1, priority=100)
@@ -216,16 +235,135 @@ def test_admitted_and_preempted() -> None:
     assert not qs.admitted
     assert qs.reason == "Preempted"
     assert qs.message.startswith("preempted by Kueue (Preempted to accommodate a workload (UID: 1))")
-    assert "resumes from it when readmitted" in qs.message
+    assert "resumes from it in the same attempt when admitted again" in qs.message
     assert "needs 1 nvidia.com/gpu, 0 of 2 free" in qs.message
 
 
-def test_suspend_goes_through_the_workloads_active_field() -> None:
-    assert workload_patch(workload(), suspend=True) == {"spec": {"active": False}}
+def ours(wl: dict[str, Any]) -> dict[str, Any]:
+    wl["metadata"]["annotations"] = {"finetune.dev/deactivated-for-suspend": "true"}
+    return wl
+
+
+def test_suspend_goes_through_the_workloads_active_field_and_undoes_only_its_own() -> None:
+    assert workload_patch(workload(), suspend=True) == {
+        "metadata": {"annotations": {"finetune.dev/deactivated-for-suspend": "true"}},
+        "spec": {"active": False},
+    }
     assert workload_patch(workload(active=False), suspend=True) is None
-    assert workload_patch(workload(active=False), suspend=False) == {"spec": {"active": True}}
+    assert workload_patch(ours(workload(active=False)), suspend=False) == {
+        "metadata": {"annotations": {"finetune.dev/deactivated-for-suspend": None}},
+        "spec": {"active": True},
+    }
+    # Deactivated by Kueue or an administrator: left as it is.
+    assert workload_patch(workload(active=False), suspend=False) is None
     assert workload_patch(workload(), suspend=False) is None
     assert workload_patch(None, suspend=True) is None
+
+
+def test_a_workload_kueue_deactivated_is_stalled_with_kueues_reason() -> None:
+    wl = workload(
+        active=False,
+        conditions=[
+            {
+                "type": "Evicted",
+                "status": "True",
+                "reason": "MaximumExecutionTimeExceeded",
+                "message": "exceeded",
+            },
+            *waiting(),
+        ],
+    )
+    qs = state("team-a", "ns", 1, "bot-train-a1", view(wl))
+    assert qs.stalled
+    assert "is deactivated (MaximumExecutionTimeExceeded: exceeded)" in qs.message
+    assert "set its spec.active to true" in qs.message
+
+
+def test_evicted_while_still_admitted_is_no_longer_admitted() -> None:
+    # Kueue sets Evicted at once and clears the admission only when the Job's pods are gone.
+    wl = workload(
+        admitted_to="gpus",
+        conditions=[
+            *ADMITTED,
+            {
+                "type": "Evicted",
+                "status": "True",
+                "reason": "Preempted",
+                "message": "Preempted to accommodate x",
+            },
+            {
+                "type": "Preempted",
+                "status": "True",
+                "reason": "InClusterQueue",
+                "message": "Preempted to accommodate x",
+            },
+        ],
+    )
+    qs = state("team-a", "ns", 1, "bot-train-a1", view(wl, cq=cluster_queue(1, 1)))
+    assert not qs.admitted
+    assert qs.preempted
+    assert qs.message.startswith("preempted by Kueue (Preempted to accommodate x)")
+    evicted = workload(
+        admitted_to="gpus",
+        conditions=[
+            *ADMITTED,
+            {"type": "Evicted", "status": "True", "reason": "PodsReadyTimeout", "message": "slow"},
+        ],
+    )
+    qs = state("team-a", "ns", 1, "bot-train-a1", view(evicted))
+    assert not qs.admitted
+    assert qs.message.startswith("evicted by Kueue (PodsReadyTimeout: slow)")
+
+
+def test_a_stopped_or_missing_cluster_queue_is_stalled() -> None:
+    stopped = [
+        {
+            "type": "QuotaReserved",
+            "status": "False",
+            "reason": "Inadmissible",
+            "message": "LocalQueue team-a is stopped",
+        }
+    ]
+    qs = state("team-a", "ns", 1, "bot-train-a1", view(workload(conditions=stopped)))
+    assert qs.stalled
+    assert qs.message.startswith("ClusterQueue gpus cannot admit it: LocalQueue team-a is stopped")
+    missing = KueueView(
+        workload=workload(conditions=waiting()), local_queue=LOCAL_QUEUE, cluster_queue_missing=True
+    )
+    qs = state("team-a", "ns", 1, "bot-train-a1", missing)
+    assert qs.stalled
+    assert "ClusterQueue gpus, which LocalQueue team-a feeds, does not exist" in qs.message
+
+
+def test_quota_reserved_but_waiting_for_admission_checks() -> None:
+    wl = workload(
+        conditions=[
+            {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved"},
+            {
+                "type": "Admitted",
+                "status": "False",
+                "reason": "NoChecks",
+                "message": "waiting for provisioning",
+            },
+        ]
+    )
+    qs = state("team-a", "ns", 1, "bot-train-a1", view(wl, cq=cluster_queue(1, 1)))
+    assert not qs.admitted
+    assert not qs.stalled
+    assert (
+        qs.message
+        == "quota reserved in ClusterQueue gpus; waiting for its admission checks: waiting for provisioning"
+    )
+
+
+def test_a_job_that_fits_no_single_flavor_is_never_admitted() -> None:
+    cq = cluster_queue(4)
+    cq["spec"]["resourceGroups"][0]["flavors"].append(
+        {"name": "gpu-b", "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 4}]}
+    )
+    qs = state("team-a", "ns", 8, "bot-train-a1", view(workload(conditions=waiting()), cq=cq))
+    assert qs.stalled
+    assert "has at most 4 nvidia.com/gpu in one flavor and this job needs 8" in qs.message
 
 
 def test_the_trainer_job_carries_the_queue_and_the_workload_priority() -> None:
@@ -321,13 +459,52 @@ def test_suspending_a_queued_job_deactivates_its_workload_and_resuming_reactivat
     st = queued_status()
     wl = workload(conditions=waiting())
     d = qrun(st, make_spec(queueName="team-a", suspend=True), view(wl), jobs=[tjob(1, suspend=True)])
-    assert d.patch_workloads == [("job-bot-train-a1-abcde", {"spec": {"active": False}})]
+    assert d.patch_workloads == [
+        (
+            "job-bot-train-a1-abcde",
+            {
+                "metadata": {"annotations": {"finetune.dev/deactivated-for-suspend": "true"}},
+                "spec": {"active": False},
+            },
+        )
+    ]
     assert d.patch_jobs == []
     assert d.status.phase == Phase.SUSPENDED
     inactive = workload(conditions=waiting(), active=False)
-    d = qrun(d.status, QSPEC, view(inactive), jobs=[tjob(1, suspend=True)])
-    assert d.patch_workloads == [("job-bot-train-a1-abcde", {"spec": {"active": True}})]
+    d = qrun(d.status, QSPEC, view(ours(inactive)), jobs=[tjob(1, suspend=True)])
+    assert d.patch_workloads == [
+        (
+            "job-bot-train-a1-abcde",
+            {
+                "metadata": {"annotations": {"finetune.dev/deactivated-for-suspend": None}},
+                "spec": {"active": True},
+            },
+        )
+    ]
     assert d.status.phase == Phase.QUEUED
+
+
+def test_suspend_is_not_claimed_when_the_workload_cannot_be_read() -> None:
+    running = tpod(1, "Running", state={"running": {"startedAt": ts(-30)}})
+    st = qrun(
+        queued_status(),
+        QSPEC,
+        view(workload(conditions=ADMITTED, admitted_to="gpus")),
+        jobs=[tjob(1)],
+        tpods=[running],
+    ).status
+    d = qrun(st, make_spec(queueName="team-a", suspend=True), None, jobs=[tjob(1)], tpods=[running])
+    assert d.status.phase == Phase.RUNNING
+    assert "could not be read" in (d.status.message or "")
+    assert d.patch_jobs == []
+    assert d.patch_workloads == []
+
+
+def test_an_admitted_job_is_no_longer_stalled() -> None:
+    st = qrun(queued_status(), QSPEC, view(None, lq=None), jobs=[tjob(1, suspend=True)]).status
+    assert cond_of(st, ConditionType.STALLED) == ("True", "WaitingForQuota")
+    d = qrun(st, QSPEC, view(workload(conditions=ADMITTED, admitted_to="gpus")), jobs=[tjob(1)])
+    assert cond(d, ConditionType.STALLED) == ("False", "Progressing")
 
 
 def test_queue_wait_is_observed_at_admission() -> None:

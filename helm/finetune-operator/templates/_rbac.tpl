@@ -35,7 +35,7 @@ names them in the pods it renders. Children are deleted by the garbage collector
 # Kueue unsuspends a Job it admitted. Harmless where Kueue is not installed.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, list, patch]
+  verbs: [list, patch]
 - apiGroups: [kueue.x-k8s.io]
   resources: [localqueues]
   verbs: [get]
