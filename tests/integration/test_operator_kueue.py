@@ -265,3 +265,27 @@ def test_suspend_and_resume_through_kueue_and_no_workload_left_behind(
             60,
             "big's Workload deleted",
         )
+
+
+def test_a_multi_node_job_is_admitted_all_at_once_or_not_at_all(
+    namespace: str, s3_env: dict[str, str], s3_bucket: str, queue: Callable[[int], str]
+) -> None:
+    ns = namespace
+    cluster_queue = queue(2)
+    with ops.running_operator(ns) as op:
+        ops.apply(job(ns, s3_env, s3_bucket, "one", {"stepSeconds": 0.5, "totalSteps": 80}))
+        wait_for(lambda: is_admitted("one", ns), 120, "one admitted")
+        # Two pods of one GPU each, with one GPU of the quota free: Kueue admits the whole attempt or
+        # nothing, so neither pod starts while the other could not.
+        ops.apply(job(ns, s3_env, s3_bucket, "pair", {}, resources={"gpus": 1, "nodes": 2}))
+        try:
+            pair = wait_for(
+                lambda: (s := status("pair", ns)).get("queue", {}).get("position") and s, 120, "pair queued"
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{debug(ns, op)}") from None
+        expected = f"waiting for quota in ClusterQueue {cluster_queue}: needs 2 nvidia.com/gpu, 1 of 2 free"
+        assert pair["message"].startswith(expected), pair["message"]
+        assert status("one", ns)["phase"] in ("Queued", "Running")
+        assert ops.gpu_pods_ever(ns, "pair") == []
+        assert kubectl_json("get", "job", "pair-train-a1", "-n", ns)["spec"]["suspend"] is True
