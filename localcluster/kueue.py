@@ -20,7 +20,6 @@ import base64
 import json
 import os
 import shutil
-import ssl
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,8 +27,7 @@ from typing import Any, Final
 
 import yaml
 
-from localcluster import procs
-from localcluster.controlplane import APISERVER_URL
+from localcluster import controlplane, procs
 from localcluster.paths import CACHE_DIR, HOST, KUEUE_VERSION, LAYOUT, NODE_GPUS, PORTS
 
 NAME: Final = "kueue"
@@ -260,14 +258,11 @@ def _health(path: str) -> bool:
 
 
 def _secret_data() -> dict[str, str]:
-    ctx = ssl.create_default_context(cafile=str(LAYOUT.pki / "ca.crt"))
-    ctx.load_cert_chain(str(LAYOUT.pki / "admin.crt"), str(LAYOUT.pki / "admin.key"))
-    url = f"{APISERVER_URL}/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET}"
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=5) as r:  # noqa: S310
-            return dict(json.loads(r.read()).get("data") or {})
+        body = controlplane.api_get(f"/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET}")
     except OSError:
         return {}
+    return dict(json.loads(body).get("data") or {})
 
 
 def _mount_certs() -> bool:

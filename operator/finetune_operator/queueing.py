@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
+
+from kubernetes.utils import parse_quantity
 
 from .api import Reason
 from .api.status import Queue
@@ -55,7 +57,7 @@ class QueueState:
     # Waiting will not end by itself: the user or the platform team must change something.
     stalled: bool = False
     # Kueue's words when it preempted or evicted the workload (empty otherwise).
-    preempted: str = ""
+    evicted: str = ""
     status: Queue | None = None
 
 
@@ -73,34 +75,10 @@ def _name(obj: JSON | None) -> str:
 
 
 def quantity(value: object) -> Decimal:
-    """A Kubernetes quantity as a number (plain and binary/decimal suffixed forms, as Kueue writes them)."""
-    text = str(value or "0").strip()
-    suffixes: dict[str, Decimal | int] = {
-        "Ki": 2**10,
-        "Mi": 2**20,
-        "Gi": 2**30,
-        "Ti": 2**40,
-        "Pi": 2**50,
-        "Ei": 2**60,
-        "n": Decimal("1e-9"),
-        "u": Decimal("1e-6"),
-        "m": Decimal("1e-3"),
-        "k": 10**3,
-        "M": 10**6,
-        "G": 10**9,
-        "T": 10**12,
-        "P": 10**15,
-        "E": 10**18,
-    }
-    for suffix, factor in suffixes.items():
-        if text.endswith(suffix):
-            try:
-                return Decimal(text[: -len(suffix)]) * factor
-            except InvalidOperation:
-                return Decimal(0)
+    """A Kubernetes quantity as a number; 0 for what is not one (Kueue writes only valid ones)."""
     try:
-        return Decimal(text)
-    except InvalidOperation:
+        return Decimal(parse_quantity(value))
+    except (ValueError, TypeError):
         return Decimal(0)
 
 
@@ -342,7 +320,7 @@ def state(queue_name: str, namespace: str, gpus: int, trainer_job: str, view: Ku
         reason=Reason.PREEMPTED if eviction else Reason.WAITING_FOR_QUOTA,
         message=text,
         stalled=never,
-        preempted=eviction,
+        evicted=eviction,
         status=status,
     )
 

@@ -591,7 +591,7 @@ def _queue(
     b.st.queue = qs.status
     was_admitted = is_true(b.st.conditions, ConditionType.ADMITTED)
     b.set(ConditionType.ADMITTED, TRUE if qs.admitted else FALSE, qs.reason, qs.message)
-    if was_admitted and qs.preempted:
+    if was_admitted and qs.evicted:
         b.event("Warning", Reason.PREEMPTED, qs.message)
     if qs.admitted:
         b.clear(ConditionType.STALLED, Reason.PROGRESSING, qs.message)

@@ -301,7 +301,7 @@ def test_evicted_while_still_admitted_is_no_longer_admitted() -> None:
     )
     qs = state("team-a", "ns", 1, "bot-train-a1", view(wl, cq=cluster_queue(1, 1)))
     assert not qs.admitted
-    assert qs.preempted
+    assert qs.evicted
     assert qs.message.startswith("preempted by Kueue (Preempted to accommodate x)")
     evicted = workload(
         admitted_to="gpus",
