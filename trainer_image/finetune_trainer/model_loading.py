@@ -220,15 +220,16 @@ def check_loadable(model: LocalModel) -> dict[str, Any]:
     }
 
 
-def load_model(model: LocalModel, method: str, device: str) -> Any:
-    """Load the causal LM for training: bf16 + SDPA on GPU, float32 on CPU; 4-bit for QLoRA.
+def load_model(model: LocalModel, method: str, device: str, *, attention: str = "sdpa") -> Any:
+    """Load the causal LM for training: bf16 on GPU, float32 on CPU; 4-bit for QLoRA; the attention
+    kernel the run's kernel plan chose (kernels.py).
 
     A full fine-tune keeps fp32 weights on the GPU too: training computes in bf16 (autocast) while the
     optimizer updates fp32 master weights, so updates far smaller than a weight do not round away."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "attn_implementation": "sdpa", **model.kwargs}
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "attn_implementation": attention, **model.kwargs}
     if device == "cuda" and method != "full":
         kwargs["dtype"] = torch.bfloat16
     else:

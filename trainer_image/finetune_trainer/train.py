@@ -7,12 +7,14 @@ the operator contract needs around it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,17 +34,19 @@ from transformers import (
     set_seed,
 )
 
-from . import distributed, evaluate, outputs, ownership
+from . import distributed, evaluate, kernels, outputs, ownership
 from .best import BestWeights
 from .checkpoints import CheckpointStore
 from .distributed import Rank
 from .exitcodes import InvalidInputError, PreemptedError, TransientIOError
 from .loss import KeepLabelledLogits, labelled_token_loss
 from .metrics_server import TrainerMetrics
+from .micro_batch import MicroBatch, NoMicroBatchFits, candidates, choose, probe
 from .model_loading import load_model
 from .packing import PackingCollator, PaddingCollator, TokenCounter
 from .publishing import publish_dir
 from .s3io import S3
+from .step_batches import BalancedStepTrainer, Collator
 from .validate import Prepared
 
 log = logging.getLogger(__name__)
@@ -290,12 +294,16 @@ def training_arguments(
     has_eval: bool,
     *,
     distributed_run: bool = False,
+    micro: MicroBatch | None = None,
 ) -> Any:
     """transformers' own DDP runs a distributed run (the launcher set the variables it reads): batch_size
     is per process, and tokens are counted across ranks for the loss (average_tokens_across_devices),
     so the gradients are those of one process with the whole batch."""
     hp = cfg.hyperparameters
     total = resolved.total_steps
+    micro = micro or MicroBatch(
+        resolved.batch_size, resolved.gradient_accumulation_steps, checkpointing=cfg.method.type == "qlora"
+    )
     # Evaluations twice per epoch and at least six per run: often enough for the best step to be near
     # the true best and for early stopping to act; cheap next to training.
     eval_steps = max(1, min(resolved.steps_per_epoch // 2, math.ceil(total / 6)))
@@ -304,9 +312,9 @@ def training_arguments(
         num_train_epochs=resolved.epochs,
         # The resolved step count (epochs x steps per epoch, or maxSteps), so status and run agree.
         max_steps=total,
-        per_device_train_batch_size=resolved.batch_size,
-        per_device_eval_batch_size=resolved.batch_size,
-        gradient_accumulation_steps=resolved.gradient_accumulation_steps,
+        per_device_train_batch_size=micro.batch_size,
+        per_device_eval_batch_size=micro.batch_size,
+        gradient_accumulation_steps=micro.accumulation,
         learning_rate=resolved.learning_rate,
         lr_scheduler_type=hp.lr_scheduler.transformers_name,
         warmup_steps=resolved.warmup_steps,
@@ -333,11 +341,66 @@ def training_arguments(
         # Counted by our collators (real tokens only) and stored in the state by the callback.
         include_num_input_tokens_seen="no",
         prediction_loss_only=True,
-        gradient_checkpointing=cfg.method.type == "qlora",
+        gradient_checkpointing=micro.checkpointing,
+        # Non-reentrant: works with a frozen base whose inputs need no gradient (LoRA).
+        gradient_checkpointing_kwargs={"use_reentrant": False} if micro.checkpointing else None,
         ddp_backend=("nccl" if device == "cuda" else "gloo") if distributed_run else None,
         # Gradual unfreezing changes which parameters train after DDP is built; LoRA's frozen base never does.
         ddp_find_unused_parameters=cfg.hyperparameters.gradual_unfreezing,
     )
+
+
+def training_collator(
+    plan: kernels.KernelPlan, counter: TokenCounter, pad_token_id: int, *, packing: bool
+) -> Collator:
+    """Packed rows as the kernel plan lays them out (or padded batches); with the labelled positions
+    marked for loss.py unless Liger's fused loss takes the labels itself."""
+    base: Collator = (
+        PackingCollator(counter, pad_token_id=pad_token_id, row_tokens=plan.row_tokens)
+        if packing
+        else PaddingCollator(pad_token_id, counter)
+    )
+    return base if plan.fused else KeepLabelledLogits(base)
+
+
+def forward_loss(plan: kernels.KernelPlan) -> Callable[[Any, dict[str, Any]], torch.Tensor]:
+    """The training loss of one collated micro-batch, computed as the Trainer will compute it."""
+
+    def run(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if plan.fused:
+            return model(**inputs).loss  # type: ignore[no-any-return]
+        labels = inputs.pop("labels")
+        return labelled_token_loss(model(**inputs), labels)
+
+    return run
+
+
+def fit_micro_batch(
+    model: Any,
+    plan: kernels.KernelPlan,
+    *,
+    collator: Collator,
+    train: list[dict[str, list[int]]],
+    resolved: ResolvedHyperparameters,
+    cfg: TrainerConfig,
+) -> MicroBatch:
+    """The largest micro-batch whose worst case (copies of the longest example) trains in GPU memory,
+    with the accumulation steps that keep the effective batch (micro_batch.py)."""
+    longest = max(train, key=lambda f: len(f["input_ids"]))
+    options = candidates(
+        resolved.batch_size, resolved.gradient_accumulation_steps, checkpointing=cfg.method.type == "qlora"
+    )
+    loss = forward_loss(plan)
+
+    def fits(option: MicroBatch) -> bool:
+        batch = collator([longest] * option.batch_size)
+        return probe(model, batch, checkpointing=option.checkpointing, forward_loss=loss)
+
+    try:
+        return choose(options, fits)
+    except NoMicroBatchFits as exc:
+        raise InvalidInputError(str(exc)) from exc
 
 
 def run_training(
@@ -357,7 +420,12 @@ def run_training(
     set_seed(hp.seed)
     log.info("hyperparameters: %s", resolved.model_dump_json())
     log.info("loading base model %s on %s", cfg.base_model.uri, device)
-    model = apply_method(load_model(prepared.model, cfg.method.type, device), cfg)
+    plan = kernels.plan(kernels.available(), packing=hp.packing)
+    model = load_model(prepared.model, cfg.method.type, device, attention=plan.attention)
+    if plan.fused and not kernels.apply_fused(model):
+        plan = dataclasses.replace(plan, fused=False)
+    log.info("kernels: %s", plan.describe())
+    model = apply_method(model, cfg)
     if preemption.requested:
         raise PreemptedError("SIGTERM before training started; nothing to save")
     tokenizer = prepared.tokenizer
@@ -382,13 +450,26 @@ def run_training(
         return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
 
     counter = TokenCounter()
-    collator = KeepLabelledLogits(
-        PackingCollator(counter, pad_token_id=tokenizer.pad_token_id)
-        if hp.packing
-        else PaddingCollator(tokenizer.pad_token_id, counter)
-    )
+    collator = training_collator(plan, counter, tokenizer.pad_token_id, packing=hp.packing)
+    micro = None
+    if device == "cuda":
+        micro = fit_micro_batch(
+            model,
+            plan,
+            collator=collator,
+            train=features(prepared.train_examples),
+            resolved=resolved,
+            cfg=cfg,
+        )
+        log.info("%s (from GPU memory)", micro.describe())
     args = training_arguments(
-        cfg, resolved, scratch, device, bool(prepared.val_examples), distributed_run=rank.distributed
+        cfg,
+        resolved,
+        scratch,
+        device,
+        bool(prepared.val_examples),
+        distributed_run=rank.distributed,
+        micro=micro,
     )
     best = BestWeights(s3, cfg.output_prefix, scratch, full=cfg.method.type == "full", owner=owner)
     log_sink: list[dict[str, Any]] = []
@@ -408,14 +489,16 @@ def run_training(
         rank=rank,
     )
     callback.checkpoints = found
-    trainer = Trainer(
+    trainer_class = BalancedStepTrainer if plan.balance_steps else Trainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=features(prepared.train_examples),
         eval_dataset=features(prepared.val_examples) or None,
         data_collator=collator,
-        # Logits only where a token is predicted (loss.py); the same loss as the model's own.
-        compute_loss_func=labelled_token_loss,
+        # Logits only where a token is predicted (loss.py); the same loss as the model's own. With Liger
+        # the model computes the loss itself from the hidden states, never holding the logits.
+        compute_loss_func=None if plan.fused else labelled_token_loss,
         callbacks=[callback],
     )
     # Our callback logs each entry as JSON; the stock printer would repeat it on stdout.
