@@ -136,6 +136,12 @@ bench-operator: cluster-up
 bench-trainer: venv
 	$(PY) bench/trainer_bench.py --write-docs
 	$(PY) bench/distributed_bench.py --write-docs
+	$(PY) bench/gpu_bench.py --shape cpu-tiny --write-docs
+# On a machine with one GPU (H100/H200 class): the single-GPU LoRA targets.
+.PHONY: bench-gpu
+bench-gpu: venv
+	$(PY) bench/gpu_bench.py --shape llama-3.2-1b --write-docs
+	$(PY) bench/gpu_bench.py --shape llama-3.1-8b --write-docs
 .PHONY: bench-profile
 bench-profile: venv
 	$(PY) bench/step_profile.py --write-docs
