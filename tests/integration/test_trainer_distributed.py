@@ -65,7 +65,14 @@ def tiny(s3_env: dict[str, str], s3_bucket: str, tiny_model_dir: Path) -> dict[s
     model_uri = upload_dir(client, tiny_model_dir, s3_bucket, "models/tiny")
     train = put_jsonl(client, s3_bucket, "data/train.jsonl", chat_rows(64))
     val = put_jsonl(client, s3_bucket, "data/val.jsonl", chat_rows(8, offset=100))
-    return {"client": client, "bucket": s3_bucket, "model": model_uri, "train": train, "val": val}
+    return {
+        "client": client,
+        "bucket": s3_bucket,
+        "model": model_uri,
+        "train": train,
+        "val": val,
+        "dir": tiny_model_dir,
+    }
 
 
 def config(tiny: dict[str, Any], out: str, batch_size: int | None, tmp_path: Path, **kw: Any) -> Path:
@@ -232,3 +239,100 @@ def test_a_worker_killed_by_a_signal_fails_the_pod_with_its_code(
     assert run.returncode == 128 + signal.SIGKILL, run.stderr[-5000:]
     assert run.termination["result"] == "Failed"
     assert "exited 137" in run.termination["message"]
+
+
+def full_config(tiny: dict[str, Any], out: str, batch_size: int, tmp_path: Path) -> Path:
+    cfg = lora_config(tiny["bucket"], tiny["model"], tiny["train"], out, validation=tiny["val"], epochs=3)
+    cfg["method"] = {"type": "full"}
+    cfg["hyperparameters"].update(
+        {"batchSize": batch_size, "gradientAccumulationSteps": 1, "learningRate": "1e-3"}
+    )
+    return write_config(tmp_path / f"{out}.json", cfg)
+
+
+def test_a_full_fine_tune_on_two_pods_shards_with_fsdp2_resumes_and_publishes_a_loadable_model(
+    tiny: dict[str, Any], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """FSDP2 over 2 pods (own scratch each): each rank's DCP shards reach S3 from its own pod, a SIGTERM
+    stops both at one checkpoint, both resume from it, and the published model loads with from_pretrained;
+    the whole loss curve is the single-process one (same global batch)."""
+    from transformers import AutoModelForCausalLM
+
+    client, bucket = tiny["client"], tiny["bucket"]
+    reference = finish(
+        start_trainer("train", full_config(tiny, "full-one", 8, tmp_path), s3_env, tmp_path / "one"),
+        tmp_path / "one",
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert reference.termination["step"] == 24
+
+    path = full_config(tiny, "fsdp", 4, tmp_path)
+    port = free_port()
+    pods = [
+        start_trainer(
+            "train", path, s3_env, tmp_path / f"a{r}", pod_env(nodes=2, nproc=1, node_rank=r, port=port)
+        )
+        for r in range(2)
+    ]
+    deadline = time.monotonic() + 300
+    while not complete_steps(client, bucket, "fsdp"):
+        assert all(p.poll() is None for p in pods), "a pod exited before the first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    pods[0].send_signal(signal.SIGTERM)  # one pod told to stop: both save the same step
+    stopped = [finish(p, tmp_path / f"a{r}", timeout=120) for r, p in enumerate(pods)]
+    for run in stopped:
+        assert run.returncode == 76, run.stderr[-5000:]
+    assert "FSDP2: 2 decoder layers and the root sharded over 2 ranks" in stopped[0].stderr
+    saved = complete_steps(client, bucket, "fsdp")[-1]
+    assert saved < 24
+
+    files = {
+        k.split(f"step-{saved}/", 1)[1] for k in list_keys(client, bucket, f"fsdp/checkpoints/step-{saved}/")
+    }
+    for part in ("model", "optimizer"):
+        assert {f"{part}/.metadata", f"{part}/__0_0.distcp", f"{part}/__1_0.distcp"} <= files, files
+    assert {"rng_state_0.pth", "rng_state_1.pth", "scheduler.pt", "trainer_state.json"} <= files, files
+    assert not any(name.endswith(("model.safetensors", "optimizer.pt")) for name in files), files
+    # Rank 1's files came from its own pod (rank 0's scratch never had them) and the marker lists them.
+    assert "uploaded" not in stopped[1].stderr
+    marker = get_json(client, bucket, f"fsdp/checkpoints/step-{saved}/COMPLETE")
+    assert {"model/__1_0.distcp", "optimizer/__1_0.distcp", "rng_state_1.pth"} <= set(marker["digests"])
+    # Sharded, not replicated: each rank's model shard holds about half of the weights.
+    sizes = {
+        r: client.head_object(Bucket=bucket, Key=f"fsdp/checkpoints/step-{saved}/model/__{r}_0.distcp")[
+            "ContentLength"
+        ]
+        for r in (0, 1)
+    }
+    assert 0.35 < sizes[0] / (sizes[0] + sizes[1]) < 0.65, sizes
+
+    port = free_port()
+    pods = [
+        start_trainer(
+            "train", path, s3_env, tmp_path / f"b{r}", pod_env(nodes=2, nproc=1, node_rank=r, port=port)
+        )
+        for r in range(2)
+    ]
+    resumed = [finish(p, tmp_path / f"b{r}", timeout=400) for r, p in enumerate(pods)]
+    for run in resumed:
+        assert run.returncode == 0, run.stderr[-5000:]
+    summary = resumed[0].termination
+    assert summary["result"] == "Succeeded", summary
+    assert summary["resumedFromStep"] == saved
+    assert summary["step"] == summary["totalSteps"] == 24
+    assert_same_curve(losses(client, bucket, "fsdp"), losses(client, bucket, "full-one"))
+
+    published = tmp_path / "published"
+    for key in list_keys(client, bucket, "fsdp/model/"):
+        target = published / key.split("fsdp/model/", 1)[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+    model = AutoModelForCausalLM.from_pretrained(str(published))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny["dir"]))
+    changed = [
+        name
+        for (name, p), (_, q) in zip(model.named_parameters(), base.named_parameters(), strict=True)
+        if not p.detach().equal(q.detach())
+    ]
+    assert len(changed) == len(list(base.parameters())), "every weight of a full fine-tune is trained"

@@ -62,11 +62,18 @@ class BestWeights:
         self._saved_step: int | None = None  # the step whose weights are in scratch
         self._uploaded_step: int | None = None
 
-    def observe(self, step: int, loss: float, model: Any | None) -> bool:
+    def improves(self, loss: float) -> bool:
+        """Whether an evaluation with this loss would be the best so far."""
+        return self.best is None or loss < self.best.loss - MIN_IMPROVEMENT
+
+    def observe(
+        self, step: int, loss: float, model: Any | None, *, state: dict[str, Any] | None = None
+    ) -> bool:
         """Record an evaluation; True when it is the best so far (the lowest loss, the earliest of
-        near-ties), and then its weights are kept. `model` None replays a restored history: that best's
-        weights are already on S3."""
-        if self.best is not None and loss >= self.best.loss - MIN_IMPROVEMENT:
+        near-ties), and then its weights are kept: `state` when given (a sharded model's weights,
+        gathered), else the model's trainable tensors. `model` None replays a restored history: that
+        best's weights are already on S3."""
+        if not self.improves(loss):
             return False
         self.best = Evaluation(step, loss)
         if model is None:
@@ -74,7 +81,9 @@ class BestWeights:
         from safetensors.torch import save_file
 
         self.local.mkdir(parents=True, exist_ok=True)
-        save_file(trainable_state(model, self.full), str(self.local / WEIGHTS))
+        save_file(
+            state if state is not None else trainable_state(model, self.full), str(self.local / WEIGHTS)
+        )
         self._saved_step = step
         return True
 

@@ -118,16 +118,35 @@ class CheckpointStore:
     def uri(self, step: int) -> S3Uri:
         return self.prefix.join(f"step-{step}/")
 
-    def upload(self, local_dir: Path, step: int) -> S3Uri:
+    def upload_files(self, local_dir: Path, step: int, names: list[str]) -> dict[str, dict[str, object]]:
+        """Upload some files of a checkpoint (a rank's own shards) without completing it; their digests."""
+        target = self.uri(step)
+        digests: dict[str, dict[str, object]] = {}
+        for name in sorted(names):
+            self.s3.upload_file(local_dir / name, target.join(name))
+            digests[name] = file_digest(local_dir / name)
+        return digests
+
+    def upload(
+        self, local_dir: Path, step: int, *, uploaded: dict[str, dict[str, object]] | None = None
+    ) -> S3Uri:
+        """Upload the checkpoint's files, then its marker listing them with `uploaded` (what other ranks
+        put there already, which this directory may lack or hold too)."""
         target = self.uri(step)
         started = time.monotonic()
-        self.s3.upload_dir(local_dir, target)
+        others = uploaded or {}
         paths = sorted((p for p in local_dir.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+        digests = {**others}
+        for path in paths:
+            name = path.relative_to(local_dir).as_posix()
+            if name not in others:
+                self.s3.upload_file(path, target.join(name))
+                digests[name] = file_digest(path)
         marker = {
             **self.owner,
             "step": step,
-            "files": [p.relative_to(local_dir).as_posix() for p in paths],
-            "digests": {p.relative_to(local_dir).as_posix(): file_digest(p) for p in paths},
+            "files": sorted(digests),
+            "digests": dict(sorted(digests.items())),
             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.s3.put_bytes(target.join(MARKER), json.dumps(marker).encode(), "application/json")

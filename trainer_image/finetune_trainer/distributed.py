@@ -126,6 +126,18 @@ def total(rank: Rank, value: int) -> int:
     return int(tensor.item())
 
 
+def maximum(rank: Rank, value: int) -> int:
+    """The largest value over ranks (e.g. the smallest micro-batch any rank's memory allows)."""
+    if not rank.distributed:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.int64, device=_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def from_main(rank: Rank, value: T) -> T:
     """Rank 0's value on every rank (a decision every rank must share, e.g. the checkpoint to resume)."""
     if not rank.distributed:
@@ -135,6 +147,17 @@ def from_main(rank: Rank, value: T) -> T:
     box: list[Any] = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[no-any-return]
+
+
+def gather_to_main(rank: Rank, value: T) -> list[T] | None:
+    """Every rank's value, in rank order, on rank 0 (None elsewhere)."""
+    if not rank.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * rank.world_size if rank.is_main else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 def shutdown(rank: Rank) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -271,19 +271,9 @@ class S3:
             files.append(self.download_file(S3Uri(prefix.bucket, key), dest / rel))
         return files
 
-    def upload_dir(self, src: Path, prefix: S3Uri) -> None:
-        for path in sorted(_walk(src)):
-            self.upload_file(path, prefix.join(path.relative_to(src).as_posix()))
-
     def delete_prefix(self, prefix: S3Uri) -> None:
         for key in self.list_keys(prefix):
             self.delete(S3Uri(prefix.bucket, key))
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for path in root.rglob("*"):
-        if path.is_file():
-            yield path
 
 
 def _error_code(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from transformers import (
     set_seed,
 )
 
-from . import distributed, evaluate, kernels, outputs, ownership
+from . import distributed, evaluate, fsdp, kernels, outputs, ownership
 from .best import BestWeights
 from .checkpoints import CheckpointStore
 from .distributed import Rank
@@ -141,9 +141,11 @@ class ContractCallback(TrainerCallback):
         layers: list[torch.nn.Module] | None,
         counter: TokenCounter,
         rank: Rank | None = None,
+        sharded: bool = False,
     ) -> None:
         self.cfg = cfg
         self.rank = rank or Rank()
+        self.sharded = sharded
         self.resolved = resolved
         self.store = store
         self.best = best
@@ -241,7 +243,10 @@ class ContractCallback(TrainerCallback):
 
     def _observe_eval(self, step: int, loss: float, model: Any | None) -> None:
         # Every rank sees the same (gathered) loss and keeps the same count; rank 0 keeps the weights.
-        if self.best.observe(step, loss, model if self.rank.is_main else None):
+        state = None
+        if self.sharded and model is not None and self.best.improves(loss):
+            state = fsdp.full_state(model)  # a collective: every rank takes the same decision here
+        if self.best.observe(step, loss, model if self.rank.is_main else None, state=state):
             self.bad_evals = 0
         else:
             self.bad_evals += 1
@@ -268,14 +273,26 @@ class ContractCallback(TrainerCallback):
     def on_save(self, args: Any, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # Every rank's files of this step are written (each rank saves its RNG state) before the upload.
         distributed.barrier(self.rank)
+        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        # Each rank uploads its own files (its RNG state, its FSDP shards): on another node rank 0 does
+        # not have them. Rank 0 then uploads the rest and the marker listing every file.
+        own: dict[str, dict[str, object]] = {}
+        if self.rank.rank != 0:
+            names = [
+                p.relative_to(local).as_posix()
+                for p in local.rglob("*")
+                if p.is_file() and fsdp.owner(p.relative_to(local).as_posix()) == self.rank.rank
+            ]
+            own = self.store.upload_files(local, state.global_step, names)
+        gathered = distributed.gather_to_main(self.rank, own)
         if not self.rank.is_main:
             return
-        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        uploaded = {name: digest for part in gathered or [] for name, digest in part.items()}
         uploading = CheckpointRef(step=state.global_step, complete=False)
         self.metrics.report_checkpoints([*self.checkpoints, uploading])
         # The best weights first: a complete checkpoint's history never names a best that S3 lacks.
         self.best.upload()
-        self.store.upload(local, state.global_step)
+        self.store.upload(local, state.global_step, uploaded=uploaded)
         self.checkpoints = self.store.refs()
         self.metrics.report_checkpoints(self.checkpoints)
         # The whole history (restored on resume), not just this pod's part.
@@ -295,6 +312,7 @@ def training_arguments(
     *,
     distributed_run: bool = False,
     micro: MicroBatch | None = None,
+    sharded: bool = False,
 ) -> Any:
     """transformers' own DDP runs a distributed run (the launcher set the variables it reads): batch_size
     is per process, and tokens are counted across ranks for the loss (average_tokens_across_devices),
@@ -334,6 +352,8 @@ def training_arguments(
         save_steps=cfg.checkpointing.every_steps,
         # S3 keeps `keep` checkpoints; locally the last one is enough (scratch is small).
         save_total_limit=1,
+        # A sharded model's optimizer, scheduler and RNG states are checkpointed by fsdp.ShardedTrainer.
+        save_only_model=sharded,
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -384,9 +404,11 @@ def fit_micro_batch(
     train: list[dict[str, list[int]]],
     resolved: ResolvedHyperparameters,
     cfg: TrainerConfig,
+    rank: Rank,
 ) -> MicroBatch:
     """The largest micro-batch whose worst case (copies of the longest example) trains in GPU memory,
-    with the accumulation steps that keep the effective batch (micro_batch.py)."""
+    with the accumulation steps that keep the effective batch (micro_batch.py); under DDP every rank
+    takes the smallest any rank could hold, so all run the same number of passes per step."""
     longest = max(train, key=lambda f: len(f["input_ids"]))
     options = candidates(
         resolved.batch_size, resolved.gradient_accumulation_steps, checkpointing=cfg.method.type == "qlora"
@@ -398,9 +420,20 @@ def fit_micro_batch(
         return probe(model, batch, checkpointing=option.checkpointing, forward_loss=loss)
 
     try:
-        return choose(options, fits)
+        chosen = choose(options, fits)
     except NoMicroBatchFits as exc:
         raise InvalidInputError(str(exc)) from exc
+    return options[distributed.maximum(rank, options.index(chosen))]
+
+
+class ShardedBalancedTrainer(fsdp.ShardedTrainer, BalancedStepTrainer):
+    """A sharded full fine-tune whose steps are re-cut by tokens (a distributed GPU run)."""
+
+
+def trainer_class(*, sharded: bool, balance: bool) -> type[Trainer]:
+    if sharded:
+        return ShardedBalancedTrainer if balance else fsdp.ShardedTrainer
+    return BalancedStepTrainer if balance else Trainer
 
 
 def run_training(
@@ -452,7 +485,10 @@ def run_training(
     counter = TokenCounter()
     collator = training_collator(plan, counter, tokenizer.pad_token_id, packing=hp.packing)
     micro = None
-    if device == "cuda":
+    sharded = fsdp.enabled(cfg, rank)
+    if device == "cuda" and not sharded:
+        # A sharded model's forward is a collective: a probe that runs out of memory on one rank would
+        # leave the others waiting, so a sharded run keeps the resolved micro-batch.
         micro = fit_micro_batch(
             model,
             plan,
@@ -460,8 +496,11 @@ def run_training(
             train=features(prepared.train_examples),
             resolved=resolved,
             cfg=cfg,
+            rank=rank,
         )
         log.info("%s (from GPU memory)", micro.describe())
+    if sharded:
+        model = fsdp.shard(model, decoder_layers(model), device)
     args = training_arguments(
         cfg,
         resolved,
@@ -470,6 +509,7 @@ def run_training(
         bool(prepared.val_examples),
         distributed_run=rank.distributed,
         micro=micro,
+        sharded=sharded,
     )
     best = BestWeights(s3, cfg.output_prefix, scratch, full=cfg.method.type == "full", owner=owner)
     log_sink: list[dict[str, Any]] = []
@@ -487,10 +527,10 @@ def run_training(
         layers=layers,
         counter=counter,
         rank=rank,
+        sharded=sharded,
     )
     callback.checkpoints = found
-    trainer_class = BalancedStepTrainer if plan.balance_steps else Trainer
-    trainer = trainer_class(
+    trainer = trainer_class(sharded=sharded, balance=plan.balance_steps)(
         model=model,
         args=args,
         train_dataset=features(prepared.train_examples),
@@ -503,6 +543,8 @@ def run_training(
     )
     # Our callback logs each entry as JSON; the stock printer would repeat it on stdout.
     trainer.remove_callback(PrinterCallback)
+    if resume and cfg.method.type == "full":
+        fsdp.check_resumable(resume[1], sharded=sharded)
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
     train_seconds = time.monotonic() - started
@@ -513,6 +555,15 @@ def run_training(
             checkpoints=callback.checkpoints,
         )
 
+    if sharded:
+        # Every rank sends its shards; rank 0 evaluates and publishes an ordinary, unsharded model.
+        weights = fsdp.full_state(model)
+        if rank.is_main:
+            model = apply_method(
+                load_model(prepared.model, cfg.method.type, device, attention=plan.attention), cfg
+            )
+            for name, param in model.named_parameters():
+                param.data.copy_(weights[name])
     if not rank.is_main:
         # Rank 0 alone evaluates and publishes; this rank's share of the work is done.
         return {"state": state, "checkpoints": callback.checkpoints}
