@@ -24,6 +24,7 @@ from tests.integration.test_operator_trainer import prepare, real_trainer_operat
 from tests.integration.test_trainer_distributed import assert_same_curve, losses
 from tests.integration.test_trainer_support import (
     chat_rows,
+    list_keys,
     put_jsonl,
     tiny_model_dir,  # noqa: F401  (fixture)
 )
@@ -314,3 +315,26 @@ def test_an_attempt_that_cannot_place_every_pod_says_which_one_and_why(
     assert f"trainer pod {stuck['name']} (node rank {stuck['index']} of 3)" in st["message"], st["message"]
     assert "nvidia.com/gpu" in st["message"], st["message"]
     kubectl("delete", "ftj", "toobig", "-n", ns, "--wait=true", "--timeout=120s")
+
+
+def test_a_full_fine_tune_on_two_pods_runs_fsdp2_and_publishes_one_model(
+    env: dict[str, str], data: dict[str, Any], operator: ops.Operator
+) -> None:
+    """`method: full` with `nodes: 2` through the operator and the trainer image: FSDP2 (each pod's DCP
+    shard of model and optimizer in every checkpoint) and one whole model published by rank 0."""
+    ns, bucket, client = env["namespace"], env["bucket"], data["client"]
+    job = manifest(env, data, "fsdp", gpus=1, nodes=2, batch_size=4, epochs=2, every_steps=8)
+    job["spec"]["method"] = {"type": "full"}
+    job["spec"]["hyperparameters"]["learningRate"] = "0.001"
+    ops.apply(job)
+    st = ops.wait_phase("fsdp", ns, {"Succeeded", "Failed"}, 900, operator)["status"]
+    assert st["phase"] == "Succeeded", json.dumps(st, indent=1)
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] == 16
+    assert st["world"]["size"] == 2
+    assert st["outputs"]["adapterURI"] == f"s3://{bucket}/out/fsdp/model/"
+    published = list_keys(client, bucket, "out/fsdp/model/")
+    assert any(k.endswith("model.safetensors") for k in published), published
+    checkpoint = list_keys(client, bucket, "out/fsdp/checkpoints/step-16/")
+    names = {k.split("step-16/", 1)[1] for k in checkpoint}
+    for part in ("model", "optimizer"):
+        assert {f"{part}/.metadata", f"{part}/__0_0.distcp", f"{part}/__1_0.distcp"} <= names, names
