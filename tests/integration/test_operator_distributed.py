@@ -323,9 +323,9 @@ def test_a_full_fine_tune_on_two_pods_runs_fsdp2_and_publishes_one_model(
     """`method: full` with `nodes: 2` through the operator and the trainer image: FSDP2 (each pod's DCP
     shard of model and optimizer in every checkpoint) and one whole model published by rank 0."""
     ns, bucket, client = env["namespace"], env["bucket"], data["client"]
-    job = manifest(env, data, "fsdp", gpus=1, nodes=2, batch_size=4, epochs=2, every_steps=8)
+    job = manifest(env, data, "fsdp", gpus=1, nodes=2, batch_size=2, epochs=2, every_steps=8)
     job["spec"]["method"] = {"type": "full"}
-    job["spec"]["hyperparameters"]["learningRate"] = "0.001"
+    job["spec"]["hyperparameters"].update({"learningRate": "0.001", "gradientAccumulationSteps": 2})
     ops.apply(job)
     st = ops.wait_phase("fsdp", ns, {"Succeeded", "Failed"}, 900, operator)["status"]
     assert st["phase"] == "Succeeded", json.dumps(st, indent=1)

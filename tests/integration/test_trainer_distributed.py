@@ -241,11 +241,13 @@ def test_a_worker_killed_by_a_signal_fails_the_pod_with_its_code(
     assert "exited 137" in run.termination["message"]
 
 
-def full_config(tiny: dict[str, Any], out: str, batch_size: int, tmp_path: Path) -> Path:
+def full_config(
+    tiny: dict[str, Any], out: str, batch_size: int, tmp_path: Path, accumulation: int = 1
+) -> Path:
     cfg = lora_config(tiny["bucket"], tiny["model"], tiny["train"], out, validation=tiny["val"], epochs=3)
     cfg["method"] = {"type": "full"}
     cfg["hyperparameters"].update(
-        {"batchSize": batch_size, "gradientAccumulationSteps": 1, "learningRate": "1e-3"}
+        {"batchSize": batch_size, "gradientAccumulationSteps": accumulation, "learningRate": "1e-3"}
     )
     return write_config(tmp_path / f"{out}.json", cfg)
 
@@ -266,7 +268,9 @@ def test_a_full_fine_tune_on_two_pods_shards_with_fsdp2_resumes_and_publishes_a_
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert reference.termination["step"] == 24
 
-    path = full_config(tiny, "fsdp", 4, tmp_path)
+    # 2 ranks x 2 x 2 accumulation steps: the global batch of the reference, and FSDP's gradient
+    # reduction deferred to each step's last micro-batch.
+    path = full_config(tiny, "fsdp", 2, tmp_path, accumulation=2)
     port = free_port()
     pods = [
         start_trainer(
@@ -322,6 +326,10 @@ def test_a_full_fine_tune_on_two_pods_shards_with_fsdp2_resumes_and_publishes_a_
     assert summary["resumedFromStep"] == saved
     assert summary["step"] == summary["totalSteps"] == 24
     assert_same_curve(losses(client, bucket, "fsdp"), losses(client, bucket, "full-one"))
+    # The Trainer rotates local checkpoints on rank 0's node; the other pod drops its older ones itself.
+    for r in range(2):
+        kept = sorted(p.name for p in (tmp_path / f"b{r}" / "checkpoints").glob("checkpoint-*"))
+        assert len(kept) == 1, (r, kept)
 
     published = tmp_path / "published"
     for key in list_keys(client, bucket, "fsdp/model/"):

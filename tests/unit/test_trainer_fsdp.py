@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from finetune_trainer import fsdp
-from finetune_trainer.exitcodes import InvalidInputError
 
 
 @pytest.mark.parametrize(
@@ -37,11 +36,11 @@ def test_a_checkpoint_resumes_only_a_run_that_shards_as_it_did(tmp_path: Path) -
     single = tmp_path / "checkpoint-4"
     single.mkdir()
     (single / "model.safetensors").write_bytes(b"x")
-    fsdp.check_resumable(sharded, sharded=True)
-    fsdp.check_resumable(single, sharded=False)
-    with pytest.raises(
-        InvalidInputError, match=r"checkpoint-8 is an FSDP2 \(sharded\) checkpoint.*world size"
-    ):
-        fsdp.check_resumable(sharded, sharded=False)
-    with pytest.raises(InvalidInputError, match="checkpoint-4 is a single-process checkpoint"):
-        fsdp.check_resumable(single, sharded=True)
+    assert fsdp.resume_problem(sharded, sharded=True) is None
+    assert fsdp.resume_problem(single, sharded=False) is None
+    assert fsdp.resume_problem(sharded, sharded=False) == (
+        "checkpoint-8 is an FSDP2 (sharded) checkpoint of a full fine-tune and this run does not shard"
+    )
+    assert fsdp.resume_problem(single, sharded=True) == (
+        "checkpoint-4 is a single-process (unsharded) checkpoint of a full fine-tune and this run shards"
+    )

@@ -45,6 +45,31 @@ def test_gpu_packs_one_row_per_micro_batch_for_a_varlen_kernel() -> None:
     assert kernels.plan(Available(cuda=True, flash_attn=True), packing=False).attention == "sdpa"
 
 
+def test_a_full_fine_tune_takes_flex_and_an_lm_head_adapter_takes_no_fused_loss() -> None:
+    gpu = Available(cuda=True, flash_attn=True, liger=True)
+    # fp32 weights outside autocast (evaluation): flash-attention takes half precision only.
+    assert kernels.plan(gpu, packing=True, full=True).attention == "flex_attention"
+    # Liger's fused loss reads the LM head's base weight: a LoRA adapter there would never train.
+    assert not kernels.plan(gpu, packing=True, lm_head_adapter=True).fused
+
+
+def test_an_architecture_without_the_varlen_kernel_falls_back_to_bounded_rows() -> None:
+    wanted = kernels.plan(Available(cuda=True, liger=True), packing=True)
+    assert kernels.as_loaded(wanted, "flex_attention") is wanted
+    fallback = kernels.as_loaded(wanted, "sdpa")
+    assert fallback == KernelPlan("sdpa", kernels.CPU_ROW_TOKENS, fused=True, balance_steps=False)
+
+
+def test_a_model_without_flex_attention_loads_with_sdpa(tmp_path: Any) -> None:
+    from finetune_trainer.local_model import LocalModel
+    from finetune_trainer.model_loading import load_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path)
+    model = load_model(LocalModel(tmp_path, None), "lora", "cpu", attention="flex_attention")
+    assert model.config._attn_implementation == "sdpa"
+
+
 @pytest.mark.parametrize(
     ("cuda", "flash", "liger", "packing"), list(itertools.product([False, True], repeat=4))
 )
@@ -85,6 +110,8 @@ def test_the_fused_plan_takes_the_models_own_loss_which_equals_the_labelled_toke
     model_batch = training_collator(fused, TokenCounter(), 0, packing=True)(EXAMPLES)
     assert "logits_to_keep" in labelled_batch
     assert "logits_to_keep" not in model_batch  # Liger's loss reads the labels, not kept logits
+    # Liger's forward computes the fused loss in evaluation too (no vocabulary-wide logits).
+    assert model_batch.pop("skip_logits") is True  # type: ignore[comparison-overlap]
     a = forward_loss(unfused)(model, labelled_batch)
     b = forward_loss(fused)(model, model_batch)
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
@@ -247,11 +274,17 @@ def test_nothing_fits_says_what_to_change() -> None:
 
 
 def test_probe_leaves_no_gradients_and_restores_checkpointing() -> None:
-    model = tiny_llama("sdpa")
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama("sdpa"), LoraConfig(r=4, target_modules=["q_proj"])).eval()
     batch = PackingCollator()(EXAMPLES)
-    assert micro_batch.probe(model, batch, checkpointing=True, forward_loss=lambda m, b: m(**b).loss)
+    assert micro_batch.probe(
+        model, batch, checkpointing=True, forward_loss=lambda m, b: m(**b).loss, autocast=True
+    )
     assert all(p.grad is None for p in model.parameters())
     assert not model.is_activation_checkpointing
+    # The embeddings' require-grads hook that checkpointing installs on a frozen base is gone again.
+    assert not hasattr(model.get_base_model(), "_require_grads_hook")
     assert not model.training  # was in eval mode, left so
 
 

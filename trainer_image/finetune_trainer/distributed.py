@@ -126,18 +126,6 @@ def total(rank: Rank, value: int) -> int:
     return int(tensor.item())
 
 
-def maximum(rank: Rank, value: int) -> int:
-    """The largest value over ranks (e.g. the smallest micro-batch any rank's memory allows)."""
-    if not rank.distributed:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor([value], dtype=torch.int64, device=_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
-
-
 def from_main(rank: Rank, value: T) -> T:
     """Rank 0's value on every rank (a decision every rank must share, e.g. the checkpoint to resume)."""
     if not rank.distributed:

@@ -18,8 +18,10 @@ own files). The full weights exist only where they are needed whole: the best ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,6 @@ from finetune_contract.config import TrainerConfig
 from transformers import Trainer
 
 from .distributed import Rank
-from .exitcodes import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,16 @@ def is_sharded_checkpoint(directory: Path) -> bool:
     return (directory / MODEL_DIR / ".metadata").is_file()
 
 
-def check_resumable(directory: Path, *, sharded: bool) -> None:
-    """A sharded checkpoint resumes only a sharded run and the other way round. DCP reshards between
-    any numbers of ranks, but not into one process's Trainer checkpoint; a job's world size is fixed
-    (`resources` is immutable), so only a run started by hand can meet this."""
-    if is_sharded_checkpoint(directory) != sharded:
-        kind = "an FSDP2 (sharded)" if not sharded else "a single-process"
-        raise InvalidInputError(
-            f"{directory.name} is {kind} checkpoint of a full fine-tune: resume it with the world size "
-            "that wrote it (resources.gpus x resources.nodes above 1 shards, 1 does not)"
-        )
+def resume_problem(directory: Path, *, sharded: bool) -> str | None:
+    """Why this checkpoint cannot resume this run, or None. DCP reshards between any numbers of ranks,
+    but a sharded checkpoint is not one process's Trainer checkpoint or the other way round. A job's
+    world size is fixed (`resources` is immutable), so this is a checkpoint written before an upgrade
+    that brought FSDP2, or by a run started by hand: the run starts from the base model instead."""
+    if is_sharded_checkpoint(directory) == sharded:
+        return None
+    kind = "an FSDP2 (sharded)" if not sharded else "a single-process (unsharded)"
+    doing = "shards" if sharded else "does not shard"
+    return f"{directory.name} is {kind} checkpoint of a full fine-tune and this run {doing}"
 
 
 def shard(model: Any, layers: list[torch.nn.Module], device: str) -> Any:
@@ -110,6 +111,16 @@ class ShardedTrainer(Trainer):
     @property
     def _sharded(self) -> Any:
         return self.model
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self) -> Iterator[None]:
+        # transformers' own reads a DistributedConfig that only its load-time sharding sets; one mesh
+        # dimension here (no HSDP), so a step's micro-batches before the last keep their gradients local.
+        self._sharded.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self._sharded.set_requires_gradient_sync(True)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict

@@ -78,15 +78,27 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def plan(avail: Available, *, packing: bool) -> KernelPlan:
+def plan(avail: Available, *, packing: bool, full: bool = False, lm_head_adapter: bool = False) -> KernelPlan:
     """The kernels for a run. Without packing (padded batches) the attention mask carries the padding,
-    which only a dense-mask kernel reads: SDPA."""
+    which only a dense-mask kernel reads: SDPA. flash-attention takes only half-precision inputs, and a
+    full fine-tune keeps fp32 weights (run in bf16 only under the Trainer's autocast, not in evaluation):
+    FlexAttention takes either. Liger's fused loss reads the LM head's base weight directly, so a LoRA
+    adapter on `lm_head` would never train: no fused loss then."""
+    fused = avail.liger and not lm_head_adapter
     if not avail.cuda:
         return KernelPlan("sdpa", CPU_ROW_TOKENS if packing else None, fused=False, balance_steps=False)
     if not packing:
-        return KernelPlan("sdpa", None, fused=avail.liger, balance_steps=False)
-    attention = "flash_attention_2" if avail.flash_attn else "flex_attention"
-    return KernelPlan(attention, None, fused=avail.liger, balance_steps=True)
+        return KernelPlan("sdpa", None, fused=fused, balance_steps=False)
+    attention = "flash_attention_2" if avail.flash_attn and not full else "flex_attention"
+    return KernelPlan(attention, None, fused=fused, balance_steps=True)
+
+
+def as_loaded(wanted: KernelPlan, attention: str) -> KernelPlan:
+    """The plan for the attention the model was loaded with: an architecture without the varlen kernel
+    (GPT-2, Falcon, ...) falls back to SDPA, and so to bounded rows cut per micro-batch."""
+    if attention == wanted.attention:
+        return wanted
+    return KernelPlan(attention, CPU_ROW_TOKENS, fused=wanted.fused, balance_steps=False)
 
 
 def apply_fused(model: Any) -> bool:

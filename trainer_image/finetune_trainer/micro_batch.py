@@ -14,6 +14,7 @@ and the resolved batch is already bounded by tokens (TOKENS_PER_MICRO_BATCH).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,16 +77,25 @@ def probe(
     *,
     checkpointing: bool,
     forward_loss: Callable[[Any, dict[str, Any]], Any],
+    autocast: bool = False,
 ) -> bool:
-    """One forward and backward pass of `batch`; False if it runs out of GPU memory. Gradients are
-    dropped and the cache emptied either way, so the probe leaves nothing behind for training."""
+    """One forward and backward pass of `batch` as training runs it (bf16 autocast on a GPU), beside
+    room for what the first optimizer step adds (AdamW's two fp32 moments per trainable parameter);
+    False if it runs out of GPU memory. Gradients, the reserve and the cache are released either way,
+    so the probe leaves nothing behind for training."""
     import torch
 
     was_training = model.training
     model.train()
     toggled = _set_checkpointing(model, checkpointing)
+    reserve: list[Any] = []
     try:
-        forward_loss(model, batch).backward()
+        for param in model.parameters():
+            if param.requires_grad:
+                reserve.append(torch.empty(2 * param.numel(), dtype=torch.float32, device=param.device))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and torch.cuda.is_available()):
+            loss = forward_loss(model, batch)
+        loss.backward()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return True
@@ -94,6 +104,7 @@ def probe(
             raise
         return False
     finally:
+        reserve.clear()
         model.zero_grad(set_to_none=True)
         if toggled:
             _set_checkpointing(model, not checkpointing)
@@ -110,4 +121,8 @@ def _set_checkpointing(model: Any, on: bool) -> bool:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.activation_checkpointing_disable()
+        # Enabling hooked the embeddings to require gradients (for a frozen base); disabling leaves
+        # the hook on a peft model, which would then back-propagate into the embeddings for nothing.
+        with contextlib.suppress(AttributeError):
+            model.disable_input_require_grads()
     return True

@@ -253,7 +253,13 @@ def load_model(model: LocalModel, method: str, device: str, *, attention: str = 
         kwargs["use_safetensors"] = True
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(model.directory), **kwargs)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if attention == "sdpa" or attention not in str(exc):
+            raise InvalidModelError(f"cannot load the base model: {exc}") from exc
+        # An architecture without this kernel (FlexAttention: GPT-2, Falcon, Bloom, ...) trains on SDPA.
+        log.info("the model does not support %s; loading it with sdpa", attention)
+        return load_model(model, method, device, attention="sdpa")
+    except OSError as exc:
         raise InvalidModelError(f"cannot load the base model: {exc}") from exc
     if model.gguf_file:
         lm = _as_plain_model(lm)

@@ -8,9 +8,11 @@ the operator contract needs around it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -286,6 +288,12 @@ class ContractCallback(TrainerCallback):
             own = self.store.upload_files(local, state.global_step, names)
         gathered = distributed.gather_to_main(self.rank, own)
         if not self.rank.is_main:
+            if self.rank.is_local_main:
+                # The Trainer rotates local checkpoints on rank 0's node only; elsewhere the older ones
+                # (this node's shards, on S3 now) would fill the scratch volume.
+                for older in Path(args.output_dir).glob("checkpoint-*"):
+                    if older != local and older.is_dir():
+                        shutil.rmtree(older, ignore_errors=True)
             return
         uploaded = {name: digest for part in gathered or [] for name, digest in part.items()}
         uploading = CheckpointRef(step=state.global_step, complete=False)
@@ -380,7 +388,18 @@ def training_collator(
         if packing
         else PaddingCollator(pad_token_id, counter)
     )
-    return base if plan.fused else KeepLabelledLogits(base)
+    return FusedLossBatches(base) if plan.fused else KeepLabelledLogits(base)
+
+
+@dataclasses.dataclass
+class FusedLossBatches:
+    """Batches for Liger's fused loss: `skip_logits` in evaluation too, where Liger's forward would
+    otherwise build the vocabulary-wide logits of the whole packed row (training skips them already)."""
+
+    collator: Collator
+
+    def __call__(self, features: Any) -> dict[str, Any]:
+        return {**self.collator(features), "skip_logits": True}
 
 
 def forward_loss(plan: kernels.KernelPlan) -> Callable[[Any, dict[str, Any]], torch.Tensor]:
@@ -417,13 +436,17 @@ def fit_micro_batch(
 
     def fits(option: MicroBatch) -> bool:
         batch = collator([longest] * option.batch_size)
-        return probe(model, batch, checkpointing=option.checkpointing, forward_loss=loss)
+        return probe(model, batch, checkpointing=option.checkpointing, forward_loss=loss, autocast=True)
+
+    def fits_everywhere(option: MicroBatch) -> bool:
+        # In lockstep: every rank tries the same option and all take the first that fits on every rank
+        # (DDP needs the same passes per step everywhere), or all give up together.
+        return not distributed.any_rank(rank, not fits(option))
 
     try:
-        chosen = choose(options, fits)
+        return choose(options, fits_everywhere)
     except NoMicroBatchFits as exc:
         raise InvalidInputError(str(exc)) from exc
-    return options[distributed.maximum(rank, options.index(chosen))]
 
 
 class ShardedBalancedTrainer(fsdp.ShardedTrainer, BalancedStepTrainer):
@@ -453,8 +476,15 @@ def run_training(
     set_seed(hp.seed)
     log.info("hyperparameters: %s", resolved.model_dump_json())
     log.info("loading base model %s on %s", cfg.base_model.uri, device)
-    plan = kernels.plan(kernels.available(), packing=hp.packing)
+    lora = cfg.method.effective_lora
+    plan = kernels.plan(
+        kernels.available(),
+        packing=hp.packing,
+        full=cfg.method.type == "full",
+        lm_head_adapter=lora is not None and "lm_head" in lora.target_modules,
+    )
     model = load_model(prepared.model, cfg.method.type, device, attention=plan.attention)
+    plan = kernels.as_loaded(plan, model.config._attn_implementation)
     if plan.fused and not kernels.apply_fused(model):
         plan = dataclasses.replace(plan, fused=False)
     log.info("kernels: %s", plan.describe())
@@ -544,7 +574,10 @@ def run_training(
     # Our callback logs each entry as JSON; the stock printer would repeat it on stdout.
     trainer.remove_callback(PrinterCallback)
     if resume and cfg.method.type == "full":
-        fsdp.check_resumable(resume[1], sharded=sharded)
+        problem = fsdp.resume_problem(resume[1], sharded=sharded)
+        if problem:
+            log.warning("%s; starting from the base model", problem)
+            resume = None
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
     train_seconds = time.monotonic() - started
@@ -558,6 +591,12 @@ def run_training(
     if sharded:
         # Every rank sends its shards; rank 0 evaluates and publishes an ordinary, unsharded model.
         weights = fsdp.full_state(model)
+        # The shards and the optimizer state go before rank 0 loads the whole model for the evaluation.
+        del model
+        trainer.model = trainer.model_wrapped = trainer.optimizer = None  # type: ignore[assignment]
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
         if rank.is_main:
             model = apply_method(
                 load_model(prepared.model, cfg.method.type, device, attention=plan.attention), cfg
