@@ -24,7 +24,7 @@ from finetune_trainer.step_batches import BalancedStepTrainer, balance, heaviest
 from finetune_trainer.train import forward_loss, training_collator
 from transformers import Trainer, TrainingArguments
 
-from tests.unit.test_trainer_packing import EXAMPLES, tiny_llama
+from tests.unit.test_trainer_packing import EXAMPLES, assert_each_example_as_alone, tiny_llama
 
 # --- the plan -------------------------------------------------------------------------------
 
@@ -93,13 +93,7 @@ def test_flex_attention_one_row_gives_the_padded_loss_and_keeps_examples_apart()
     assert packed["input_ids"].shape[0] == 1
     with torch.no_grad():
         assert flex(**packed).loss.item() == pytest.approx(sdpa(**padded).loss.item(), rel=1e-5)
-        logits = flex(**packed).logits[0]
-        start = 0
-        for example in EXAMPLES:
-            alone = sdpa(input_ids=torch.tensor([example["input_ids"]])).logits[0]
-            n = len(example["input_ids"])
-            torch.testing.assert_close(logits[start : start + n], alone, rtol=1e-4, atol=1e-5)
-            start += n
+        assert_each_example_as_alone(flex(**packed).logits[0], sdpa)
 
 
 def test_the_fused_plan_takes_the_models_own_loss_which_equals_the_labelled_token_loss() -> None:

@@ -94,13 +94,17 @@ def test_packed_examples_do_not_see_each_other(attn: str) -> None:
     model = tiny_llama(attn)
     packed = PackingCollator(row_tokens=None)(EXAMPLES)
     with torch.no_grad():
-        logits = model(**packed).logits[0]
-        start = 0
-        for example in EXAMPLES:
-            alone = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
-            n = len(example["input_ids"])
-            torch.testing.assert_close(logits[start : start + n], alone, rtol=1e-4, atol=1e-5)
-            start += n
+        assert_each_example_as_alone(model(**packed).logits[0], model)
+
+
+def assert_each_example_as_alone(row_logits: torch.Tensor, model: Any) -> None:
+    """The logits of each example in a packed row are those of the example run alone through `model`."""
+    start = 0
+    for example in EXAMPLES:
+        alone = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
+        n = len(example["input_ids"])
+        torch.testing.assert_close(row_logits[start : start + n], alone, rtol=1e-4, atol=1e-5)
+        start += n
 
 
 def test_without_position_reset_examples_would_leak() -> None:
