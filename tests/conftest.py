@@ -19,15 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.kube import enforce_restricted, kubectl, wait_for
-from tests.support.order import run_order
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end test first, the unit tests last (tests/support/order.py says why)."""
-    order = run_order([item.nodeid for item in items])
-    items[:] = [items[i] for i in order]
 
 
 def _load_env_file(path: Path) -> dict[str, str]:
