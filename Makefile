@@ -98,12 +98,13 @@ test-unit: tools
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 # Two pytest-xdist workers by default: each test has its own namespace and bucket, files stay whole on
-# one worker (module fixtures are built once), and most of the suite waits on the API server, pods and
-# S3 rather than on a core. tests/e2e comes first so its SmolLM2 training, the longest test, starts at
-# once and the rest of the suite runs beside it (measured warm: 22 min 13 s on two workers; one CPU-bound
-# SmolLM2 training in the suite, not two, since the trainer-only SmolLM2 test became part of the e2e
-# test). TEST_WORKERS=1 runs one process. Tests marked `serial` change what every test shares and run
-# alone afterwards either way. The environment is brought up once, before any worker starts.
+# one worker (module fixtures are built once). pytest-xdist hands out the files with the most tests first,
+# so the one-test e2e file (its SmolLM2 training is the longest test, and keeps both cores busy) runs near
+# the end. The suite is CPU-bound on 2 cores (86% busy on average, measured), so a third worker is no
+# faster. Starting the e2e files first was tried: the two then ran side by side and one of them failed, so
+# the order is pytest-xdist's. TEST_WORKERS=1 runs one process. Tests marked `serial` change what every
+# test shares and run alone afterwards either way. The environment is brought up once, before any worker
+# starts.
 TEST_WORKERS ?= 2
 XDIST = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 .PHONY: test
