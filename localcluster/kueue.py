@@ -28,7 +28,7 @@ from typing import Any, Final
 import yaml
 
 from localcluster import controlplane, procs
-from localcluster.paths import CACHE_DIR, HOST, KUEUE_VERSION, LAYOUT, NODE_GPUS, PORTS
+from localcluster.paths import HOST, KUEUE_VERSION, LAYOUT, NODE_GPUS, PORTS
 
 NAME: Final = "kueue"
 NAMESPACE: Final = "kueue-system"
@@ -49,11 +49,6 @@ CPU_QUOTA: Final = "64"
 MEMORY_QUOTA: Final = "256Gi"
 # Trainer pods request their scratch volume as ephemeral-storage.
 STORAGE_QUOTA: Final = "1Ti"
-
-
-def home() -> Path:
-    """The release's binary and manifests, as build-binaries.sh caches them."""
-    return CACHE_DIR / "bin" / f"kueue-{KUEUE_VERSION}"
 
 
 def _state() -> Path:
@@ -280,15 +275,16 @@ def _mount_certs() -> bool:
     return True
 
 
-def start(apply: Callable[[list[dict[str, Any]]], None]) -> None:
-    """Install and start Kueue; `apply(objects)` applies manifests server-side as admin."""
+def start(bin_dir: Path, apply: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Install and start Kueue from `bin_dir` (its binary, and its release's manifests in
+    kueue-manifests/, as build-binaries.sh caches them); `apply(objects)` applies manifests
+    server-side as admin."""
     if procs.running_pid(NAME) is not None:
         return
-    base = home()
-    manifests = base / "manifests"
-    if not (base / "kueue").exists():
+    manifests = bin_dir / "kueue-manifests"
+    if not (bin_dir / "kueue").exists() or not manifests.is_dir():
         raise RuntimeError(
-            f"Kueue {KUEUE_VERSION} is not built at {base}: run `python -m localcluster build`"
+            f"Kueue {KUEUE_VERSION} is not built at {bin_dir}: run `python -m localcluster build`"
         )
     state = _state()
     state.mkdir(parents=True, exist_ok=True)
@@ -298,7 +294,7 @@ def start(apply: Callable[[list[dict[str, Any]]], None]) -> None:
     shutil.rmtree(state / "certs", ignore_errors=True)
     config_path = state / "config.yaml"
     config_path.write_text(yaml.safe_dump(config()))
-    procs.start(NAME, argv(base / "kueue", config_path), env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
+    procs.start(NAME, argv(bin_dir / "kueue", config_path), env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
     procs.wait_until(_mount_certs, 90, "Kueue's webhook certificate in Secret " + SECRET, [NAME])
     procs.wait_until(lambda: _health("/readyz"), 120, "Kueue /readyz", [NAME])
     apply(queue_objects())

@@ -19,7 +19,7 @@ VENV_BIN = Path(sys.executable).parent
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 PROM_VERSION = "v0.313.5"
-HELM_VERSION = "v3.22.0"
+HELM_VERSION = "v3.21.4"  # built against the control plane's Kubernetes minor (build-binaries.sh)
 KUEUE_VERSION = "v0.19.2"
 
 HOST = "127.0.0.1"

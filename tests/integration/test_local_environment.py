@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from localcluster.paths import K8S_VERSION, Ports
+from localcluster.paths import ETCD_VERSION, HELM_VERSION, K8S_VERSION, LAYOUT, PROM_VERSION, Ports
 from tests.support import images
 from tests.support.kube import kubectl, kubectl_json, wait_for
 
@@ -27,6 +27,24 @@ REPO = Path(__file__).resolve().parents[2]
 def test_kubectl_reports_the_pinned_server_version(cluster: dict[str, str]) -> None:
     version = json.loads(kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == K8S_VERSION
+
+
+def test_every_binary_is_its_pinned_release(cluster: dict[str, str]) -> None:
+    """The binaries come from one Go module (build-binaries.sh): each still carries its own release's
+    version stamp, set at link time."""
+
+    def version(*argv: str) -> str:
+        return subprocess.run(
+            [str(LAYOUT.bin / argv[0]), *argv[1:]], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+
+    prometheus = "3.{}.{}".format(int(PROM_VERSION.split(".")[1]) - 300, PROM_VERSION.split(".")[2])
+    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert version(component, "--version").split() == ["Kubernetes", K8S_VERSION]
+    assert f"etcd Version: {ETCD_VERSION[1:]}" in version("etcd", "--version")
+    assert version("helm", "version", "--template", "{{.Version}}") == HELM_VERSION
+    assert version("prometheus", "--version").startswith(f"prometheus, version {prometheus} ")
+    assert version("promtool", "--version").startswith(f"promtool, version {prometheus} ")
 
 
 def test_gpu_node_is_ready_with_gpus_allocatable(cluster: dict[str, str]) -> None:
