@@ -64,44 +64,36 @@ mkdir -p "$d" "$tmp"
 echo "building Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, Prometheus $PROM_VERSION" \
   "and Kueue $KUEUE_VERSION (first run only, ~15 min on 2 cores)" >&2
 # go.mod of the scratch module: the five releases, their replace lines made absolute, their excludes.
+# `go mod edit -json` parses each release's go.mod (Go's own parser, not ours).
 GOFLAGS= python3 - "$d/go.mod" \
   "k8s.io/kubernetes=$K8S_VERSION" "go.etcd.io/etcd/server/v3=$ETCD_VERSION" "helm.sh/helm/v3=$HELM_VERSION" \
   "github.com/prometheus/prometheus=$PROM_VERSION" "sigs.k8s.io/kueue=$KUEUE_VERSION" <<'PY'
-import json, re, subprocess, sys
+import json, subprocess, sys
+
+def go_json(*args):
+    return json.loads(subprocess.run(["go", *args], capture_output=True, text=True, check=True).stdout)
 
 out, mods = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:])
-replaces: dict[str, str] = {}
-excludes: list[str] = []
-go_line = (1, 26, 0)
+replaces, excludes, go_line = {}, set(), (1, 26, 0)
 for mod, ver in mods.items():
-    info = json.loads(subprocess.run(
-        ["go", "mod", "download", "-json", f"{mod}@{ver}"], capture_output=True, text=True, check=True
-    ).stdout)
-    text = open(info["GoMod"]).read()
-    go_line = max(go_line, tuple(int(p) for p in re.search(r"^go (\S+)", text, re.M).group(1).split(".")))
+    gomod = go_json("mod", "edit", "-json", go_json("mod", "download", "-json", f"{mod}@{ver}")["GoMod"])
+    go_line = max(go_line, tuple(int(p) for p in gomod["Go"].split(".")))
     # k8s staging modules are published as v0.<minor>.<patch>; etcd's siblings share its version
     sibling = "v0" + ver[2:] if ver.startswith("v1.") else ver
-    blocks = re.findall(r"^replace\s*\((.*?)^\)", text, re.S | re.M)
-    lines = [l for b in blocks for l in b.splitlines()] + re.findall(r"^replace[ \t]+([^\s(].*=>.*)$", text, re.M)
-    for line in lines:
-        line = line.split("//")[0].strip()
-        if "=>" not in line:
-            continue
-        left, right = (s.strip() for s in line.split("=>"))
-        if "FORBIDDEN" in right:
+    for r in gomod.get("Replace") or []:
+        old, new = r["Old"]["Path"], r["New"]
+        if "FORBIDDEN" in new["Path"]:
             continue  # etcd's guard against importing its root module; not a real dependency
-        name = left.split()[0]
-        replaces[name] = f"{name} {sibling}" if right.startswith(".") else right
-    blocks = re.findall(r"^exclude\s*\((.*?)^\)", text, re.S | re.M)
-    excludes += [l.split("//")[0].strip() for b in blocks for l in b.splitlines() if l.split("//")[0].strip()]
-    excludes += re.findall(r"^exclude[ \t]+([^\s(]\S*[ \t]+\S+)", text, re.M)
+        local = "Version" not in new  # a directory of the release's own repository
+        replaces[old] = f"{old} {sibling}" if local else f"{new['Path']} {new['Version']}"
+    excludes |= {f"{e['Path']} {e['Version']}" for e in gomod.get("Exclude") or []}
     # Pin the release itself: a dependency that requires a newer one would otherwise pull the
     # build forward through minimal version selection.
     replaces[mod] = f"{mod} {ver}"
 lines = ["module scratch", "go " + ".".join(map(str, go_line)), "require ("]
 lines += [f"\t{m} {v}" for m, v in mods.items()] + [")", "replace ("]
 lines += [f"\t{k} => {v}" for k, v in sorted(replaces.items())] + [")"]
-lines += ["exclude ("] + [f"\t{e}" for e in sorted(set(excludes))] + [")"] if excludes else []
+lines += ["exclude ("] + [f"\t{e}" for e in sorted(excludes)] + [")"] if excludes else []
 open(out, "w").write("\n".join(lines) + "\n")
 PY
 # Blank imports of the commands (never compiled: the build tag is never set) so that `go mod tidy`
