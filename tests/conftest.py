@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kube import enforce_restricted, kubectl, wait_for
+from tests.support.kube import enforce_restricted, exists, kubectl, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,14 +68,14 @@ def namespace(cluster: dict[str, str], request: pytest.FixtureRequest) -> Iterat
         enforce_restricted(name)
     # Pods need the namespace's default ServiceAccount, which the real controller creates.
     wait_for(
-        lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        lambda: exists("serviceaccount", "default", "-n", name),
         30,
         f"default ServiceAccount in {name}",
     )
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
     wait_for(
-        lambda: kubectl("get", "namespace", name, check=False).returncode != 0,
+        lambda: not exists("namespace", name),
         120,
         f"namespace {name} to be deleted",
     )

@@ -56,6 +56,15 @@ def test_a_plain_get_answers_like_kubectl(namespace: str) -> None:
     assert picked[0]["data"] == {"k": "v"}
 
 
+def test_exists_tells_a_missing_object_from_a_present_one(namespace: str) -> None:
+    kubectl("create", "configmap", "here", "-n", namespace)
+    assert kube.exists("configmap", "here", "-n", namespace)
+    assert not kube.exists("configmap", "elsewhere", "-n", namespace)
+    assert kube.exists("namespace", namespace)
+    with pytest.raises(ValueError, match="a type, a name"):
+        kube.exists("configmaps", "-n", namespace)
+
+
 def test_what_kubectl_refuses_fails_and_other_forms_still_run_kubectl(namespace: str) -> None:
     for name in ("a", "b"):
         kubectl("create", "configmap", name, "-n", namespace)

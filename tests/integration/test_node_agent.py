@@ -19,7 +19,7 @@ import pytest
 
 from localcluster.paths import POD_CIDR, PORTS
 from tests.support import images
-from tests.support.kube import kubectl, kubectl_json, wait_for
+from tests.support.kube import exists, kubectl, kubectl_json, wait_for
 
 # The node agent's own tests run busybox as root with host paths: not "restricted" pods.
 pytestmark = pytest.mark.unrestricted_pods
@@ -323,7 +323,7 @@ def test_delete_sends_sigterm_and_the_pod_goes_away(namespace: str) -> None:
         wait_phase(namespace, "victim", "Running")
         wait_for(lambda: "started" in logs(namespace, "victim"), 15, "victim to log 'started'")
         kubectl("delete", "pod", "victim", "-n", namespace, "--wait=true", timeout=30)
-        assert kubectl("get", "pod", "victim", "-n", namespace, check=False).returncode != 0
+        assert not exists("pod", "victim", "-n", namespace)
         assert marker.read_text() == "got-sigterm\n"
 
 
@@ -422,7 +422,7 @@ def test_deleting_an_owner_deletes_its_dependents(namespace: str) -> None:
     kubectl("delete", "configmap", "owner", "-n", namespace)
     kubectl("delete", "job", "sleeper", "-n", namespace, "--cascade=background")
     wait_for(
-        lambda: kubectl("get", "configmap", "dependent", "-n", namespace, check=False).returncode != 0,
+        lambda: not exists("configmap", "dependent", "-n", namespace),
         30,
         "the dependent ConfigMap to be garbage-collected",
     )
@@ -540,7 +540,7 @@ def test_agent_crash_and_restart_adopts_running_pods(namespace: str) -> None:
         lambda: len(logs(namespace, "survivor").splitlines()) > count, 10, "the adopted pod to keep logging"
     )
     kubectl("delete", "pod", "survivor", "-n", namespace, "--wait=true", timeout=30)
-    assert kubectl("get", "pod", "survivor", "-n", namespace, check=False).returncode != 0
+    assert not exists("pod", "survivor", "-n", namespace)
 
 
 # ---------------------------------------------------------------------------------------------

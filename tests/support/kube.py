@@ -42,6 +42,22 @@ def kubectl_json(*args: str) -> Any:
     return _api().get(request)
 
 
+class NotFound(AssertionError):
+    """The API server answered 404 to a plain get."""
+
+
+def exists(*args: str) -> bool:
+    """Whether `kubectl get <type> <name> [-n <namespace>]` finds the object (the API server answers)."""
+    request = _get_request(("get", *args))
+    if request is None or request.name is None:
+        raise ValueError(f"exists() takes a type, a name and optionally -n <namespace>, not {args}")
+    try:
+        _api().get(request)
+    except NotFound:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _GetRequest:
     resource: str
@@ -120,7 +136,8 @@ class _Api:
                 _preload_content=False, _request_timeout=30,
             )  # fmt: skip
         except ApiException as err:
-            raise AssertionError(f"GET {path} failed ({err.status}):\n{err.body}") from None
+            failure = NotFound if err.status == 404 else AssertionError
+            raise failure(f"GET {path} failed ({err.status}):\n{err.body}") from None
         return json.loads(response[0].data if isinstance(response, tuple) else response.data)
 
     def _discover(self) -> list[_Resource]:
