@@ -121,9 +121,9 @@ class _Api:
     per process (again when a name is not found: CRDs are installed by tests), then plain GETs."""
 
     def __init__(self, kubeconfig: str) -> None:
-        from kubernetes import config
+        from localcluster.nodeagent.kube import load_client
 
-        self.client = config.new_client_from_config(config_file=kubeconfig)
+        self.client = load_client(kubeconfig)
         self.resources: list[_Resource] = []
         self.lock = threading.Lock()
 
@@ -138,7 +138,7 @@ class _Api:
         except ApiException as err:
             failure = NotFound if err.status == 404 else AssertionError
             raise failure(f"GET {path} failed ({err.status}):\n{err.body}") from None
-        return json.loads(response[0].data if isinstance(response, tuple) else response.data)
+        return json.loads(response.data)  # unparsed: _preload_content=False returns the raw response
 
     def _discover(self) -> list[_Resource]:
         # kubectl's order: the core group first, then the groups as the server lists them (its priority).
@@ -159,14 +159,18 @@ class _Api:
 
     def resource(self, name: str) -> _Resource:
         wanted, _, group = name.lower().partition(".")
-        for attempt in range(2):
-            with self.lock:
-                if attempt or not self.resources:
-                    self.resources = self._discover()
-                for r in self.resources:
-                    if wanted in r.names and (not group or r.group == group):
-                        return r
-        raise AssertionError(f'the server doesn\'t have a resource type "{name}"')
+
+        def find() -> _Resource | None:
+            return next((r for r in self.resources if wanted in r.names and group in ("", r.group)), None)
+
+        with self.lock:
+            found = find()
+            if found is None:  # nothing discovered yet, or a CRD installed since
+                self.resources = self._discover()
+                found = find()
+        if found is None:
+            raise AssertionError(f'the server doesn\'t have a resource type "{name}"')
+        return found
 
     def get(self, request: _GetRequest) -> Any:
         r = self.resource(request.resource)
