@@ -87,6 +87,7 @@ def manifest(
     spec["baseModel"]["uri"] = env["model"]
     spec["dataset"]["validation"] = data["val"]
     spec["resources"]["nodes"] = nodes
+    spec["resources"]["cpu"] = ops.TRAINER_CPU
     spec["method"] = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}}
     spec["hyperparameters"].update(
         {

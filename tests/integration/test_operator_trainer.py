@@ -79,6 +79,7 @@ def manifest(
         name, env["namespace"], bucket=env["bucket"], train=train, endpoint=env["endpoint"], **kw
     )
     job["spec"]["baseModel"]["uri"] = env["model"]
+    job["spec"]["resources"]["cpu"] = ops.TRAINER_CPU
     job["spec"]["method"] = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": "0.0"}}
     job["spec"]["hyperparameters"].update({"learningRate": "0.003", "maxSeqLength": 128, "warmupRatio": "0"})
     return job

@@ -54,8 +54,9 @@ def pod_env(*, nodes: int, nproc: int, node_rank: int, port: int) -> dict[str, s
         "PET_MASTER_ADDR": "127.0.0.1",
         "PET_MASTER_PORT": str(port),
         "FTO_TERMINATION_GRACE_SECONDS": "60",
-        # Two workers share the test machine's cores, as they share a pod's.
-        "FTO_CPU_LIMIT": "2000",
+        # One CPU per worker, as a pod of `nproc` ranks asks for (tests.support.operator.TRAINER_CPU
+        # each); the launcher shares the pod's CPU between its workers.
+        "FTO_CPU_LIMIT": str(1000 * nproc),
     }
 
 

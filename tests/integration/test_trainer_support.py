@@ -79,6 +79,9 @@ def trainer_env(s3_env: dict[str, str], scratch: Path, extra: dict[str, str] | N
             "POD_IP": "127.0.0.1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # The CPU limit the operator passes through the downward API (millicores): one CPU, as a
+            # test's trainer pod asks for (tests.support.operator.TRAINER_CPU); the threads follow it.
+            "FTO_CPU_LIMIT": "1000",
         }
     )
     env.update(extra or {})

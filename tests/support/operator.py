@@ -25,6 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "finetune.dev_finetunejobs.yaml"
 STUB_IMAGE = images.STUB
 SECRET = "s3-creds"
+# The CPU a test's trainer pod asks for. The suite runs two tests at once on two cores, and the trainer
+# sizes its thread pools from its pod's CPU (finetune_trainer.threads): a pod with no request gets one
+# thread per core, and two such trainers side by side spent 65% more CPU on the same run (OpenMP
+# threads spinning for a core the other holds) than with one thread each.
+TRAINER_CPU = "1"
 
 
 def apply_crd() -> None:
