@@ -52,6 +52,8 @@ STORAGE: Final = (
 )
 # What a build may read of the host: the package index configuration and its CA certificates.
 HOST_MOUNTS: Final = ("/etc/pip.conf", "/etc/ssl/certs")
+# What the store holds per image (part of the key: a store written another way is rebuilt).
+STORE_FORMAT: Final = "oci-archive with uncompressed layers, rootfs by umoci raw unpack"
 DIST: Final = REPO_ROOT / "dist"
 
 
@@ -102,7 +104,7 @@ def _files(rel: str) -> list[Path]:
 def build_key(image: Image, base_key: str) -> str:
     """Everything that decides the image's content: a change to any of it is a new build."""
     digest = hashlib.sha256()
-    for part in (image.name, base_key, BASE_RECIPE):
+    for part in (image.name, base_key, BASE_RECIPE, STORE_FORMAT):
         digest.update(part.encode() + b"\0")
     for path in [
         REPO_ROOT / image.dockerfile,
@@ -213,25 +215,42 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
     # --force-rm: a failed build's container is a full copy of the image so far (vfs), not kept
     # (buildah takes it only with --no-cache, which changes nothing here: there are no cached layers).
     cmd = ["buildah", *STORAGE, "build", "--isolation", "chroot", "--no-cache", "--force-rm"]
-    cmd += ["-f", image.dockerfile, "-t", ref]
+    iidfile = work / "image-id"
+    cmd += ["-f", image.dockerfile, "-t", ref, "--iidfile", str(iidfile)]
     cmd += ["--build-arg", f"{image.base_arg}={base_ref}"]
     for path in HOST_MOUNTS:
         if os.path.exists(path):
             cmd += ["-v", f"{path}:{path}:ro"]
     _run([*cmd, "."], log, f"building {ref}")
     layout = work / "layout"
-    # Layers are exported uncompressed, and said so: gzip of the trainer's layers would cost minutes of one
-    # core on every cold build and more to undo in umoci; a registry push can compress (skopeo
-    # --dest-compress).
+    image_id = iidfile.read_text().strip().removeprefix("sha256:")
+    iidfile.unlink()
+    # Layers are exported uncompressed: gzip of the trainer's 6.4 GB would cost minutes of CPU on every
+    # cold build and more to undo in the unpack; a registry push compresses (skopeo --dest-compress).
+    # skopeo, not `buildah push`: buildah 1.28 gzips layers for an `oci:` destination even with
+    # --disable-compression (containers/image compresses unless the destination is told it may take
+    # uncompressed layers, and only skopeo says so).
     _run(
-        ["buildah", *STORAGE, "push", "-q", "--disable-compression", ref, f"oci:{layout}:{version}"],
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-oci-accept-uncompressed-layers",
+            f"containers-storage:[vfs@{BUILDAH_DIR / 'storage'}+{BUILDAH_DIR / 'run'}]{image_id}",
+            f"oci:{layout}:{version}",
+        ],
         log,
         f"exporting {ref}",
     )
     # The layout holds the image now; vfs keeps a full copy of every image, and the trainer's is
     # gigabytes: freed before the unpack and the archive add two more copies.
     subprocess.run(["buildah", *STORAGE, "rmi", ref], capture_output=True, env=_buildah_env())
-    _run(["umoci", "unpack", "--image", f"{layout}:{version}", str(work / "bundle")], log, "umoci unpack")
+    # `raw unpack`: the root filesystem only. A pod needs nothing else, and `umoci unpack` would also
+    # hash every file into an mtree manifest (for `umoci repack`, never used here): measured on the
+    # trainer image, a fifth of the unpack's CPU.
+    rootfs = work / "bundle" / "rootfs"
+    rootfs.parent.mkdir()
+    _run(["umoci", "raw", "unpack", "--image", f"{layout}:{version}", str(rootfs)], log, "umoci unpack")
     config, digest, size = _image_config(layout)
     # --remove-files: each blob leaves the layout as it enters the archive, so the trainer's gigabytes
     # are not on disk twice more.
@@ -241,8 +260,8 @@ def build(image: Image, version: str, base_ref: str, base_key: str, log: Path) -
         "archiving",
     )
     shutil.rmtree(layout, ignore_errors=True)
-    (work / "pip-freeze.txt").write_text(_pip_freeze(work / "bundle" / "rootfs"))
-    unpacked = sum(p.lstat().st_size for p in (work / "bundle" / "rootfs").rglob("*") if not p.is_symlink())
+    (work / "pip-freeze.txt").write_text(_pip_freeze(rootfs))
+    unpacked = sum(p.lstat().st_size for p in rootfs.rglob("*") if not p.is_symlink())
     meta = {
         "ref": ref,
         "key": key,
@@ -280,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "names", nargs="*", help="images to build (default: all)", choices=[[]] + [i.name for i in IMAGES]
     )
     args = parser.parse_args(argv)
-    for tool in ("buildah", "umoci", "mmdebstrap"):
+    for tool in ("buildah", "skopeo", "umoci", "mmdebstrap"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: `make images` installs it (Debian package {tool})", file=sys.stderr)
             return 1
@@ -297,6 +316,8 @@ def _discard_leftovers() -> None:
     """What an interrupted build left: its working container (a full copy of the image so far) and
     the commit's half-written layer. Nothing else uses this storage, and no build is running."""
     subprocess.run(["buildah", *STORAGE, "rm", "--all"], capture_output=True, env=_buildah_env())
+    # Images left untagged (a build interrupted between its commit and the export): full copies too.
+    subprocess.run(["buildah", *STORAGE, "rmi", "--prune"], capture_output=True, env=_buildah_env())
     shutil.rmtree(BUILDAH_DIR / "tmp", ignore_errors=True)
     for stale in imagestore.STORE.glob(".*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
