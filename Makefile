@@ -101,8 +101,9 @@ test-unit: tools
 # one worker (module fixtures are built once). pytest-xdist hands out the files with the most tests first,
 # so the one-test e2e file (its SmolLM2 training is the longest test, and keeps both cores busy) runs near
 # the end. Both cores are 78% busy on average over the suite, and a third worker is no faster (measured:
-# 25 min 25 s of pytest against 25 min 36 s with two): the suite waits on its longest tests. Starting the e2e files first was tried: the two then ran side by side and one of them failed, so
-# the order is pytest-xdist's. TEST_WORKERS=1 runs one process. Tests marked `serial` change what every
+# 25 min 25 s of pytest against 25 min 36 s with two): the suite waits on its longest tests. Starting the
+# e2e files first was tried: the two then ran side by side and one of them failed, so the order is
+# pytest-xdist's. TEST_WORKERS=1 runs one process. Tests marked `serial` change what every
 # test shares and run alone afterwards either way. The environment is brought up once, before any worker
 # starts.
 TEST_WORKERS ?= 2
